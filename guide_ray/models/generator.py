@@ -1,0 +1,99 @@
+"""The Generator protocol every face GAN adapter implements, and the shared 2D-GAN plumbing.
+
+Conventions (as NVIDIA's StyleGAN code): ``mapping(z) -> ws`` of shape [B, num_ws, w_dim];
+``synthesis(ws) -> image`` NCHW float in [-1, 1]; ``features(ws)`` is what GUIDE's L2 term compares
+(tri-planes for EG3D, the image itself for 2D generators); ``trainable_parameters()`` is what LTU
+fine-tunes (the synthesis network by default, as the official GUIDE code).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str
+    z_dim: int
+    w_dim: int
+    num_ws: int
+    resolution: int
+    w_avg: torch.Tensor  # [w_dim]
+
+    def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None,
+                truncation_psi: float = 1.0) -> torch.Tensor: ...
+
+    def synthesis(self, ws: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def features(self, ws: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def sample_camera(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor | None: ...
+
+
+def straight_through_clamp(img: torch.Tensor) -> torch.Tensor:
+    """Clamp to [-1, 1] in the forward pass, identity in the backward pass.
+
+    Generators overshoot [-1, 1] slightly (as StyleGAN2 does); clamping keeps the protocol's range
+    without zeroing the gradient of the overshooting pixels.
+    """
+    return img + (img.clamp(-1, 1) - img).detach()
+
+
+class GeneratorBase(nn.Module):
+    """Shared behaviour of 2D (camera-free) generators; subclasses define ``_synthesize``."""
+
+    name: str
+    z_dim: int
+    w_dim: int
+    num_ws: int
+    resolution: int
+    synthesis_net: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_avg.device
+
+    def z_from_seed(self, seed: int) -> torch.Tensor:
+        """The latent of a seed, as NVIDIA's generate scripts draw it (NumPy RandomState)."""
+        z = np.random.RandomState(seed).randn(1, self.z_dim).astype(np.float32)
+        return torch.from_numpy(z).to(self.device)
+
+    def _map(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, z_dim] -> w [B, w_dim]."""
+        raise NotImplementedError
+
+    def mapping(self, z, c=None, truncation_psi: float = 1.0):
+        w = self._map(z)
+        if truncation_psi != 1.0:
+            w = self.w_avg + truncation_psi * (w - self.w_avg)
+        return w.unsqueeze(1).repeat(1, self.num_ws, 1)
+
+    def broadcast_ws(self, ws: torch.Tensor) -> torch.Tensor:
+        """Accept W ([B, w_dim]) or W+ ([B, num_ws, w_dim]); return W+."""
+        if ws.ndim == 2:
+            ws = ws.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"{self.name}: ws must be [B, {self.w_dim}] or "
+                             f"[B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        return ws
+
+    def synthesis(self, ws, c=None):
+        return straight_through_clamp(self._synthesize(self.broadcast_ws(ws)))
+
+    def features(self, ws, c=None):
+        return self.synthesis(ws, c)
+
+    def trainable_parameters(self):
+        return self.synthesis_net.parameters()
+
+    def sample_camera(self, batch, generator=None):
+        return None
+
+    def forward(self, z, c=None, truncation_psi: float = 1.0):
+        return self.synthesis(self.mapping(z, c, truncation_psi), c)
