@@ -1,4 +1,4 @@
-"""``python -m guide_ray``: weights, sample."""
+"""``python -m guide_ray``: weights, sample, idsim, fid."""
 
 from __future__ import annotations
 
@@ -65,6 +65,43 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_idsim(args) -> int:
+    import torch
+
+    from .images import load_image
+    from .models.face_align import default_aligner
+    from .models.identity import cosine, load_identity_net
+
+    net = load_identity_net(args.net, args.device)
+    aligner = default_aligner()
+    embeddings = []
+    with torch.no_grad():
+        for path in (args.a, args.b):
+            image = load_image(path)
+            face = aligner.face(image, source=str(path), multiple=args.multiple)
+            embeddings.append(net.embed_photo(image, face))
+    a, b = embeddings
+    print(f"cosine similarity ({net.name}): {cosine(a, b).item():.4f}")
+    if net.name == "dlib-resnet34":
+        print(f"L2 distance: {(a - b).norm().item():.4f} (dlib: same person below 0.6)")
+    return 0
+
+
+def cmd_fid(args) -> int:
+    from .models.fid import InceptionFeatures, stats_of
+
+    if args.b is None and args.save_stats is None:
+        raise ValueError("give a second set B to compare with, or --save-stats OUT.npz")
+    sources = [s for s in (args.a, args.b) if s is not None]
+    net = None if all(Path(s).suffix == ".npz" for s in sources) else InceptionFeatures(device=args.device)
+    a = stats_of(args.a, net, args.batch_size)
+    if args.save_stats:
+        print(f"saved statistics of {a.n} images to {a.save(args.save_stats)}")
+    if args.b is not None:
+        print(f"FID: {a.fid(stats_of(args.b, net, args.batch_size)):.6f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m guide_ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -84,6 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--batch", type=int, default=4)
     ps.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     ps.set_defaults(func=cmd_sample)
+
+    pi = sub.add_parser("idsim", help="identity similarity of the faces in two photos")
+    pi.add_argument("a", metavar="A.jpg")
+    pi.add_argument("b", metavar="B.jpg")
+    pi.add_argument("--net", default="facenet-vggface2",
+                    help="dlib-resnet34, facenet-vggface2, insightface:PACK, or a .dat/.pb/.onnx path")
+    pi.add_argument("--multiple", choices=("error", "largest"), default="error",
+                    help="what to do with a photo holding several faces (default: refuse)")
+    pi.add_argument("--device", default=None)
+    pi.set_defaults(func=cmd_idsim)
+
+    pf = sub.add_parser("fid", help="FID between two folders of images or .npz statistics")
+    pf.add_argument("a", help="reference: folder of images or .npz statistics")
+    pf.add_argument("b", nargs="?", help="compared set: folder of images or .npz statistics")
+    pf.add_argument("--save-stats", metavar="OUT.npz", help="save the statistics of A (to reuse as a reference)")
+    pf.add_argument("--batch-size", type=int, default=32)
+    pf.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    pf.set_defaults(func=cmd_fid)
     return p
 
 
@@ -91,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except weights.WeightsError as e:
+    except (weights.WeightsError, ValueError, OSError) as e:  # bad input: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`

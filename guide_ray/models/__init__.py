@@ -9,7 +9,9 @@ import torch
 from .. import weights
 from .dcgan import DCGAN
 from .generator import Generator
+from .identity import IdentityNet, load_identity_net
 from .mobilestylegan import MobileStyleGAN
+from .perceptual import load_perceptual
 
 GENERATORS = ("mobilestylegan-ffhq1024", "dcgan-digiface64")
 
@@ -39,4 +41,5 @@ def load_generator(spec: str | Path, device: str | torch.device | None = None) -
     return gen.eval().to(device or default_device())
 
 
-__all__ = ["Generator", "GENERATORS", "load_generator", "default_device", "DCGAN", "MobileStyleGAN"]
+__all__ = ["Generator", "GENERATORS", "load_generator", "default_device", "DCGAN", "MobileStyleGAN",
+           "IdentityNet", "load_identity_net", "load_perceptual"]

@@ -3,7 +3,9 @@
 Conventions (as NVIDIA's StyleGAN code): ``mapping(z) -> ws`` of shape [B, num_ws, w_dim];
 ``synthesis(ws) -> image`` NCHW float in [-1, 1]; ``features(ws)`` is what GUIDE's L2 term compares
 (tri-planes for EG3D, the image itself for 2D generators); ``trainable_parameters()`` is what LTU
-fine-tunes (the synthesis network by default, as the official GUIDE code).
+fine-tunes (the synthesis network by default, as the official GUIDE code). ``ffhq_box`` says where
+the generator's frame lies in the FFHQ-aligned frame, so photos can be aligned like its images and
+identity networks can crop its faces.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Generator(Protocol):
     num_ws: int
     resolution: int
     w_avg: torch.Tensor  # [w_dim]
+    ffhq_box: tuple[float, float, float, float]  # the image's extent in the FFHQ-aligned frame
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None,
                 truncation_psi: float = 1.0) -> torch.Tensor: ...
@@ -54,6 +57,7 @@ class GeneratorBase(nn.Module):
     num_ws: int
     resolution: int
     synthesis_net: nn.Module
+    ffhq_box = (0.0, 0.0, 1.0, 1.0)  # FFHQ-aligned, unless a subclass measured otherwise
 
     @property
     def device(self) -> torch.device:
