@@ -15,14 +15,14 @@ from tests.conftest import require_weights
 
 ORACLE = Path(__file__).parent / "oracles" / "facenet_opencv.py"
 ORACLE_ENV = "GUIDE_RAY_ORACLE_PYTHON"
-ORACLE_FALLBACK = Path("/tmp/venv-oracle/bin/python")
+PROJECT_ORACLE = Path(__file__).parents[1] / ".venv-oracle" / "bin" / "python"  # what `make test` builds
 PEOPLE = ("P001", "P002", "P003", "P004")
 
 
 def oracle_python() -> Path:
     """The separate interpreter with opencv-python-headless==4.5.5.64 and numpy<2."""
     env = os.environ.get(ORACLE_ENV)
-    path = Path(env) if env else ORACLE_FALLBACK
+    path = Path(env) if env else PROJECT_ORACLE
     if not path.exists():
         pytest.fail(f"no oracle interpreter at {path}: set {ORACLE_ENV} to a python with "
                     f"opencv-python-headless==4.5.5.64 and numpy<2 (`make test` builds .venv-oracle)")
