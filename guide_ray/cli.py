@@ -1,4 +1,4 @@
-"""``python -m guide_ray``: weights, sample, idsim, fid."""
+"""``python -m guide_ray``: weights, sample, idsim, fid, unlearn, evaluate, bench."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def cmd_sample(args) -> int:
     from .images import grid, save_png, to_uint8
     from .models import load_generator
 
-    gen = load_generator(args.generator, args.device)
+    gen = load_generator(args.generator, args.device, checkpoint=args.checkpoint)
     out = Path(args.out)
     pictures = []
     with torch.no_grad():
@@ -102,6 +102,100 @@ def cmd_fid(args) -> int:
     return 0
 
 
+def _config(args):
+    from .core.config import load_config
+
+    return load_config(args.config, args.set or (), preset=args.preset)
+
+
+def cmd_unlearn(args) -> int:
+    from .core.pipeline import IdentitySpec, Networks, run_identity
+    from .models import load_generator
+
+    cfg = _config(args)
+    spec = IdentitySpec(id=args.id or (Path(args.image).stem if args.image else f"seed{args.seed}"),
+                        image=Path(args.image) if args.image else None, seed=args.seed,
+                        others=[Path(p) for p in args.others])
+    for path in ([spec.image] if spec.image else []) + spec.others:
+        if not path.is_file():
+            raise ValueError(f"{path}: file not found")
+    generator = load_generator(args.generator, args.device, checkpoint=args.checkpoint)
+    result = run_identity(generator, spec, cfg, Networks(cfg, generator.device), args.out, loop=args.loop,
+                          overwrite=args.overwrite)
+    m = result["metrics"]
+    print(f"{spec.id}: {result['status']} after {result['steps']} steps "
+          f"({result['timings']['s_per_iteration'] or 0:.2f} s/iteration)")
+    if result["message"]:
+        print(result["message"], file=sys.stderr)
+    shown = {k: m[k] for k in ("id", "id_others", "reinversion_id", "inversion_id", "fid_pre", "delta_fid_real") if m.get(k) is not None}
+    print("  " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"wrote result.json, checkpoint.safetensors and grid.png to {Path(args.out).resolve()}")
+    return 0 if result["status"] == "finished" else 3
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    import torch
+
+    from .core.config import from_dict, GuideConfig
+    from .core.pipeline import Networks, evaluate_run, write_json
+    from .models import load_generator
+
+    run = Path(args.run)
+    result_file = run / "result.json"
+    if not result_file.is_file():
+        raise ValueError(f"{run} holds no result.json: not a finished unlearn run")
+    result = json.loads(result_file.read_text())
+    cfg = from_dict(GuideConfig, result["config"])
+    if args.fid_samples:
+        cfg.evaluation.fid_samples = args.fid_samples
+    g_u = load_generator(result["generator"], args.device, checkpoint=args.checkpoint or run / "checkpoint.safetensors")
+    g_s = load_generator(result["generator"], args.device)
+    latents = torch.load(run / "latents.pt", map_location=g_u.device)
+    with torch.no_grad():
+        source = g_s.synthesis(latents["w_u"]) if result["source"]["seed"] is not None else None
+    if source is None:
+        from .models.face_align import photo_to_generator_crop
+
+        source = photo_to_generator_crop(result["source"]["image"], g_s.resolution, box=g_s.ffhq_box).to(g_s.device)
+    metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg,
+                           Networks(cfg, g_u.device), show_progress=True)
+    write_json(run / "evaluation.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from .core.bench import time_loop
+    from .core.inversion import random_source
+    from .core.pipeline import Networks
+    from .models import load_generator
+
+    cfg = _config(args)
+    generator = load_generator(args.generator, args.device)
+    nets = Networks(cfg, generator.device)
+    w_u = random_source(generator, args.seed)
+    print(f"LTU on {generator.name} ({generator.device}), N_a={cfg.n_adj}, N_g={cfg.n_global}, "
+          f"{args.iterations} timed iterations after {args.warmup} warm-up, torch threads {torch.get_num_threads()}")
+    rows = [time_loop(generator, w_u, cfg, nets.id_loss, nets.perceptual, loop, args.iterations, args.warmup)
+            for loop in ("straightforward", "optimised")]
+    for r in rows:
+        print(f"  {r.loop:16s} {r.seconds_per_iteration:8.3f} s/iteration  peak memory {r.peak_memory_mb:8.0f} MB  "
+              f"step-0 total loss {r.step0_losses['total']:.6f}")
+    print(f"  speed-up: {rows[0].seconds_per_iteration / rows[1].seconds_per_iteration:.2f}x")
+    return 0
+
+
+def _add_config_options(p) -> None:
+    p.add_argument("--config", help="YAML config (keys as in guide_ray/core/config.py)")
+    p.add_argument("--preset", choices=("baseline", "extrapolated", "adjacency", "guide"),
+                   help="a row of the paper's Table 1 (default: guide)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m guide_ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--out", required=True)
     ps.add_argument("--batch", type=int, default=4)
     ps.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ps.add_argument("--checkpoint", help="an unlearned generator's checkpoint.safetensors")
     ps.set_defaults(func=cmd_sample)
 
     pi = sub.add_parser("idsim", help="identity similarity of the faces in two photos")
@@ -139,6 +234,37 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--batch-size", type=int, default=32)
     pf.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     pf.set_defaults(func=cmd_fid)
+
+    pu = sub.add_parser("unlearn", help="erase one identity from a generator (GUIDE)")
+    pu.add_argument("--generator", required=True, help="manifest name or path")
+    pu.add_argument("--checkpoint", help="start from an unlearned generator's checkpoint.safetensors")
+    source = pu.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a photo of the person")
+    source.add_argument("--seed", type=int, help="the Random scenario: w_u = mapping(z of SEED)")
+    pu.add_argument("--others", nargs="*", default=[], metavar="PHOTO", help="other photos of the person (ID_others)")
+    pu.add_argument("--id", help="a name for the identity (default: the photo's stem)")
+    _add_config_options(pu)
+    pu.add_argument("--out", required=True)
+    pu.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    pu.add_argument("--loop", choices=("optimised", "straightforward"), default="optimised")
+    pu.add_argument("--device", default=None)
+    pu.set_defaults(func=cmd_unlearn)
+
+    pe = sub.add_parser("evaluate", help="recompute a run's metrics from its checkpoint")
+    pe.add_argument("run", metavar="RUN_DIR", help="the --out folder of an unlearn run")
+    pe.add_argument("--checkpoint", help="another checkpoint to evaluate (default: the run's)")
+    pe.add_argument("--fid-samples", type=int)
+    pe.add_argument("--device", default=None)
+    pe.set_defaults(func=cmd_evaluate)
+
+    pb = sub.add_parser("bench", help="time LTU iterations: straightforward vs optimised loop")
+    pb.add_argument("--generator", default="dcgan-digiface64")
+    pb.add_argument("--iterations", type=int, default=5)
+    pb.add_argument("--warmup", type=int, default=1)
+    pb.add_argument("--seed", type=int, default=0, help="source latent seed")
+    _add_config_options(pb)
+    pb.add_argument("--device", default=None)
+    pb.set_defaults(func=cmd_bench)
     return p
 
 

@@ -20,8 +20,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_generator(spec: str | Path, device: str | torch.device | None = None) -> Generator:
-    """A generator by manifest name, or from a user's path.
+def load_generator(spec: str | Path, device: str | torch.device | None = None,
+                   checkpoint: str | Path | None = None) -> Generator:
+    """A generator by manifest name, or from a user's path; ``checkpoint``: an unlearned
+    generator's trained tensors (``checkpoint.safetensors`` of a run) applied on top.
 
     Paths: a folder holding MobileStyleGAN's MappingNetwork/SynthesisNetwork IR files, or a DCGAN
     checkpoint (a torch file with 'netG_state_dict' or a bare state dict).
@@ -38,6 +40,10 @@ def load_generator(spec: str | Path, device: str | torch.device | None = None) -
     else:
         raise weights.WeightsError(
             f"generator {spec!r} is neither a known name ({', '.join(GENERATORS)}) nor an existing path")
+    if checkpoint is not None:
+        from ..core.checkpoint import apply_checkpoint
+
+        apply_checkpoint(gen, checkpoint)
     return gen.eval().to(device or default_device())
 
 

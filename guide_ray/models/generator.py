@@ -34,6 +34,8 @@ class Generator(Protocol):
 
     def features(self, ws: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor: ...
 
+    def render(self, ws: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]: ...
 
     def sample_camera(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor | None: ...
@@ -92,6 +94,11 @@ class GeneratorBase(nn.Module):
 
     def features(self, ws, c=None):
         return self.synthesis(ws, c)
+
+    def render(self, ws, c=None):
+        """(image, features) from one forward pass: for a 2D generator the features are the image."""
+        image = self.synthesis(ws, c)
+        return image, image
 
     def trainable_parameters(self):
         return self.synthesis_net.parameters()

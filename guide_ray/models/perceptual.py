@@ -125,19 +125,27 @@ class STLPIPS(nn.Module):
                 raise ValueError(f"unexpected key {key!r} in an ST-LPIPS checkpoint")
         return out
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
-            raise ValueError(f"expected two equal NCHW RGB batches, got {tuple(a.shape)} and {tuple(b.shape)}")
-        h = (torch.cat([a, b]) - self.shift) / self.scale
-        n = a.shape[0]
-        dist = a.new_zeros(n)
-        for stage, lin in zip(self.stages, self.lins):
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The channel-normalised feature maps of each stage (cacheable for a fixed image)."""
+        h = (x - self.shift) / self.scale
+        feats = []
+        for stage in self.stages:
             h = stage(h)
             # Unit-normalise over channels (LPIPS's normalize_tensor, eps 1e-10). vector_norm's
             # gradient is 0 at an all-zero feature, where sqrt(sum of squares) would give NaN.
-            f = h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + 1e-10)
-            dist = dist + lin((f[:n] - f[n:]) ** 2).mean(dim=(1, 2, 3))
-        return dist
+            feats.append(h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + 1e-10))
+        return feats
+
+    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+        """[B] distances between two images' ``features``."""
+        return sum(lin((a - b) ** 2).mean(dim=(1, 2, 3)) for lin, a, b in zip(self.lins, fa, fb))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
+            raise ValueError(f"expected two equal NCHW RGB batches, got {tuple(a.shape)} and {tuple(b.shape)}")
+        n = a.shape[0]
+        feats = self.features(torch.cat([a, b]))
+        return self.distance([f[:n] for f in feats], [f[n:] for f in feats])
 
 
 # torchvision's ImageNet checkpoints that lpips.LPIPS loads into its trunk.

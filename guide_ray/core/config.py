@@ -1,0 +1,213 @@
+"""One typed configuration for a GUIDE run, with the paper's defaults (Sec. 4.1).
+
+Loaded from YAML and overridden with ``key=value`` strings (dotted keys reach nested sections,
+values parse as YAML scalars); unknown keys and wrong types are errors that name the key. Every
+run records the resolved config and its hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .inversion import ProjectorConfig
+
+
+@dataclass
+class EvalConfig:
+    fid_samples: int | None = None  # None: 5000 on a GPU (the paper), 500 on CPU
+    fid_seed: int = 123  # the same latents before and after unlearning
+    fid_batch: int = 16
+    real_stats: str | None = None  # .npz statistics of real images, for ΔFID_real
+    reinversion: bool = True  # invert the source photo into G_u again (beyond the paper)
+    id_views: int = 11  # camera views averaged for 3D generators (yaw in ±π/12)
+
+
+@dataclass
+class GuideConfig:
+    # Un-identifying Face On latent space (UFO, Eq. 3)
+    target: Literal["extrapolated", "average"] = "extrapolated"
+    d: float = 30.0
+    # Latent Target Unlearning (LTU, Eqs. 4-9)
+    alpha_max: float = 15.0
+    # "eg3d": d and alpha_max are in EG3D's W-space units (where the paper tuned them) and are
+    # scaled by this generator's typical ||w - w_avg|| relative to EG3D's; "absolute": as given.
+    distance_units: Literal["eg3d", "absolute"] = "eg3d"
+    lambda_l2: float = 1e-2
+    lambda_per: float = 1.0
+    lambda_id: float = 1e-1
+    n_adj: int = 2
+    n_global: int = 2
+    lambda_adj: float = 1.0
+    lambda_global: float = 1.0
+    use_local: bool = True
+    use_adjacency: bool = True
+    use_global: bool = True
+    lr: float = 1e-4
+    iterations: int = 1000
+    # "synthesis": the generator's synthesis network (the official code); or a regular expression
+    # matched against the generator's parameter names.
+    trainable: str = "synthesis"
+    # Neighbour and global latents are drawn from a pool whose frozen-generator outputs are
+    # computed once; 0 draws fresh latents every step (the official code) at a higher cost.
+    latent_pool: int = 256
+    id_loss_net: str = "dlib-resnet34"
+    id_metric_net: str = "facenet-vggface2"
+    perceptual_net: str = "stlpips-vgg"
+    perceptual_size: int = 256  # larger images are area-downsampled before the perceptual net
+    checkpoint_every: int = 100
+    seed: int = 0
+    inversion: ProjectorConfig = field(default_factory=ProjectorConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Table 1's rows: each adds one component of GUIDE to the baseline.
+PRESETS: dict[str, dict[str, object]] = {
+    "baseline": {"target": "average", "use_adjacency": False, "use_global": False},
+    "extrapolated": {"target": "extrapolated", "use_adjacency": False, "use_global": False},
+    "adjacency": {"target": "extrapolated", "use_adjacency": True, "use_global": False},
+    "guide": {"target": "extrapolated", "use_adjacency": True, "use_global": True},
+}
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names it."""
+
+
+def _check_value(key: str, value, hint):
+    """``value`` converted to the annotated type ``hint``, or a ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                try:
+                    return _check_value(key, value, option)
+                except ConfigError:
+                    pass
+        raise ConfigError(f"{key}: {value!r} is not a {hint}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML reads exponents without a dot (2e-4) as strings
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a (partial) dict; nested sections are dicts."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; valid keys here: {', '.join(sorted(names))}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _check_value(prefix + name, value, hint)
+    return cls(**values)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    tree[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = (),
+                preset: str | None = None) -> GuideConfig:
+    """Defaults, then a preset (Table 1 row), then the YAML file, then ``key=value`` overrides."""
+    tree = to_dict(GuideConfig())
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        tree.update(PRESETS[preset])
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file holds a mapping of keys to values")
+        for key, value in _flatten(loaded):
+            _set(tree, key, value)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    cfg = from_dict(GuideConfig, tree)
+    validate(cfg)
+    return cfg
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def validate(cfg: GuideConfig) -> None:
+    """Range checks the types cannot express."""
+    for name in ("lambda_l2", "lambda_per", "lambda_id", "lambda_adj", "lambda_global", "alpha_max"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("iterations", "n_adj", "n_global", "perceptual_size", "checkpoint_every"):
+        if getattr(cfg, name) < (0 if name == "iterations" else 1):
+            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.latent_pool < 0:
+        raise ConfigError(f"latent_pool must be >= 0, got {cfg.latent_pool}")
+    if not (cfg.use_local or cfg.use_adjacency or cfg.use_global):
+        raise ConfigError("at least one of use_local, use_adjacency, use_global must be true")
+
+
+def config_hash(cfg: GuideConfig) -> str:
+    """A short, stable hash of the resolved config (sorted-key JSON)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

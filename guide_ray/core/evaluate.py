@@ -1,0 +1,65 @@
+"""GUIDE's evaluation (Sec. 4.1), plus re-inversion.
+
+- ID: cosine similarity of the identity METRIC network between G_s(w_u) and G_u(w_u) (lower is
+  better: the unlearned generator no longer draws the person at w_u);
+- ID_others: the same for the latents of the person's other photos, inverted with G_s;
+- re-inversion ID (beyond the paper): invert the source image again, into G_u, with a fresh
+  projector, and compare the result with the source: can the person still be drawn at all?
+- FID_pre: FID between G_s and G_u images of the same latents; ΔFID_real: FID(G_u, real) -
+  FID(G_s, real) against statistics of real images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.fid import FeatureStats, InceptionFeatures
+from ..models.identity import cosine
+
+
+@torch.no_grad()
+def generated_identity(metric_net, generator, ws: torch.Tensor) -> torch.Tensor:
+    """Metric embeddings of G(ws), one row per latent."""
+    return torch.cat([metric_net.embed_generated(generator.synthesis(w[None]), generator.ffhq_box) for w in ws])
+
+
+@torch.no_grad()
+def identity_similarity(metric_net, g_s, g_u, ws: torch.Tensor) -> torch.Tensor:
+    """[B] cos(metric(G_s(w)), metric(G_u(w))) for each latent (the paper's ID / ID_others)."""
+    return cosine(generated_identity(metric_net, g_s, ws), generated_identity(metric_net, g_u, ws))
+
+
+def default_fid_samples(device: torch.device) -> int:
+    """5000 as the paper on a GPU; 500 on CPU, where Inception runs at ~10 images/s."""
+    return 5000 if device.type == "cuda" else 500
+
+
+@torch.no_grad()
+def generator_stats(generator, inception: InceptionFeatures, samples: int, seed: int, batch: int) -> FeatureStats:
+    """Inception statistics of ``samples`` images from z ~ N(0, I) drawn with ``seed`` (ψ = 1),
+    so G_s and G_u are measured on the same latents."""
+    rng = torch.Generator().manual_seed(seed)
+    feats = []
+    for start in range(0, samples, batch):
+        z = torch.randn(min(batch, samples - start), generator.z_dim, generator=rng).to(generator.device)
+        feats.append(inception(generator(z)).double().cpu().numpy())
+    return FeatureStats.from_features(np.concatenate(feats))
+
+
+@dataclass
+class FidResult:
+    fid_pre: float
+    delta_fid_real: float | None
+    samples: int
+
+
+def fid_scores(g_s, g_u, inception: InceptionFeatures, samples: int, seed: int, batch: int,
+               real: FeatureStats | None = None, g_s_stats: FeatureStats | None = None) -> FidResult:
+    """FID_pre and (when real statistics are given) ΔFID_real. ``g_s_stats`` reuses G_s's."""
+    before = g_s_stats or generator_stats(g_s, inception, samples, seed, batch)
+    after = generator_stats(g_u, inception, samples, seed, batch)
+    delta = after.fid(real) - before.fid(real) if real is not None else None
+    return FidResult(fid_pre=before.fid(after), delta_fid_real=delta, samples=samples)

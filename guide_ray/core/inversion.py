@@ -1,0 +1,212 @@
+"""GAN inversion: find the latent whose image is a given face, the starting point of GUIDE's
+erasure (the paper's In-domain and Out-of-domain scenarios); ``random_source`` is its Random one.
+
+``project`` optimises a latent in W or W+ with Adam so that the generator's image matches the
+target under a perceptual distance plus a pixel MSE. An encoder (``LatentEncoder``: offsets from
+``w_avg``, as GOAE and pSp/e4e predict them) can give the optimisation its starting point.
+Gradients flow into the latent only: the generator's and the perceptual net's parameters keep
+their ``requires_grad`` flags and never receive a ``.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.generator import Generator
+
+
+@dataclass
+class ProjectorConfig:
+    space: Literal["w+", "w"] = "w+"  # "w": one latent shared by all num_ws layers
+    steps: int = 500
+    lr: float = 0.05  # Adam's peak learning rate
+    lambda_perceptual: float = 1.0
+    lambda_pixel: float = 1.0  # MSE between images in [-1, 1]
+    perceptual_size: int = 256  # larger images are area-downsampled to this before the perceptual net
+    init: Literal["w_avg", "mean_of_samples"] = "w_avg"
+    init_samples: int = 10_000  # mapping samples for "mean_of_samples" and for the latent noise's scale
+    # Latent noise: Gaussian noise of noise_strength x (per-coordinate std of mapped latents), fading
+    # quadratically to 0 over the first noise_ramp fraction of the steps, added to the latent before
+    # synthesis; it helps the optimisation leave the start's basin.
+    noise_strength: float = 0.0
+    noise_ramp: float = 0.75
+    lr_rampup: float = 0.05  # fraction of the steps over which lr rises linearly from 0
+    lr_rampdown: float = 0.25  # fraction of the steps over which lr falls to 0 along a half cosine
+    # Stop when the best total loss improved by no more than early_stop_tol (relative) over the
+    # last early_stop_patience steps; patience 0 disables early stopping.
+    early_stop_tol: float = 1e-3
+    early_stop_patience: int = 50
+    seed: int = 0
+
+
+@dataclass
+class ProjectionResult:
+    ws: torch.Tensor  # [1, num_ws, w_dim], detached, on the generator's device
+    image: torch.Tensor  # [1, 3, R, R] = synthesis(ws), detached
+    target: torch.Tensor  # [1, 3, R, R]: what was fitted, at the generator's resolution
+    losses: dict[str, float]  # perceptual, pixel, total at ws
+    steps_run: int
+    stopped_early: bool
+    history: list[float] = field(default_factory=list)  # total loss at each step, before its update
+
+
+@runtime_checkable
+class LatentEncoder(Protocol):
+    """Images [B, 3, H, W] in [-1, 1] -> latent offsets from w_avg, [B, num_ws, w_dim]."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+ProgressFn = Callable[[int, dict[str, float]], None]
+
+
+def random_source(generator: Generator, seed: int) -> torch.Tensor:
+    """The paper's Random scenario: w_u = mapping(z of ``seed``), untruncated; [1, num_ws, w_dim]."""
+    with torch.no_grad():
+        return generator.mapping(generator.z_from_seed(seed), truncation_psi=1.0)
+
+
+@torch.no_grad()
+def encode(generator: Generator, encoder: LatentEncoder, target: torch.Tensor) -> torch.Tensor:
+    """An encoder's latent for ``target``: w_avg + its offsets, [B, num_ws, w_dim]."""
+    offsets = encoder(target.to(generator.device))
+    expected = (target.shape[0], generator.num_ws, generator.w_dim)
+    if tuple(offsets.shape) != expected:
+        raise ValueError(f"the encoder returned offsets of shape {tuple(offsets.shape)}; expected {expected}")
+    return generator.w_avg + offsets
+
+
+def _fit_target(target: torch.Tensor, generator: Generator) -> torch.Tensor:
+    if target.ndim != 4 or target.shape[:2] != (1, 3):
+        raise ValueError(f"target must be one RGB image [1, 3, H, W], got {tuple(target.shape)}")
+    target = target.detach().to(generator.device, torch.float32)
+    size = generator.resolution
+    if target.shape[-2:] != (size, size):
+        target = F.interpolate(target, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return target
+
+
+def _for_perceptual(img: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(img, size=(size, size), mode="area") if img.shape[-1] > size else img
+
+
+@torch.no_grad()
+def _mapped_latents(generator: Generator, samples: int, seed: int) -> torch.Tensor:
+    """[samples, w_dim]: mapping of standard normal z drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(samples, generator.z_dim, generator=gen).to(generator.device)
+    return torch.cat([generator.mapping(chunk)[:, 0] for chunk in z.split(2500)])
+
+
+def _initial_latent(generator: Generator, config: ProjectorConfig, init_ws: torch.Tensor | None,
+                    samples: torch.Tensor | None) -> torch.Tensor:
+    """The starting latent: [1, 1, w_dim] for space "w", [1, num_ws, w_dim] for "w+"."""
+    if init_ws is not None:
+        ws = init_ws.detach().to(generator.device, torch.float32)
+        ws = ws.reshape(1, -1, generator.w_dim)
+        if ws.shape[1] not in (1, generator.num_ws):
+            raise ValueError(f"init_ws must be [1, {generator.w_dim}] or [1, {generator.num_ws}, "
+                             f"{generator.w_dim}], got {tuple(init_ws.shape)}")
+    elif config.init == "w_avg":
+        ws = generator.w_avg.reshape(1, 1, -1)
+    elif config.init == "mean_of_samples":
+        ws = samples.mean(0).reshape(1, 1, -1)
+    else:
+        raise ValueError(f"init must be 'w_avg' or 'mean_of_samples', not {config.init!r}")
+    if config.space == "w":
+        return ws.mean(1, keepdim=True).clone()  # a W+ guess collapses to its mean layer
+    return ws.expand(1, generator.num_ws, generator.w_dim).clone()
+
+
+def _learning_rate(config: ProjectorConfig, step: int) -> float:
+    """Linear warm-up, then flat, then a half-cosine ramp-down; positive at every step."""
+    warmup = min(1.0, (step + 1) / (config.lr_rampup * config.steps)) if config.lr_rampup > 0 else 1.0
+    remaining = (config.steps - step) / (config.lr_rampdown * config.steps) if config.lr_rampdown > 0 else 1.0
+    return config.lr * warmup * (0.5 - 0.5 * math.cos(math.pi * min(1.0, remaining)))
+
+
+def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
+            config: ProjectorConfig = ProjectorConfig(), progress: ProgressFn | None = None,
+            init_ws: torch.Tensor | None = None) -> ProjectionResult:
+    """Optimise a latent so that synthesis(latent) matches ``target`` ([1, 3, H, W] in [-1, 1],
+    resized to the generator's resolution when needed); start from ``init_ws`` (e.g. ``encode``'s
+    guess) when given, else from ``config.init``. ``progress(step, losses)`` is called every step."""
+    if config.space not in ("w", "w+"):
+        raise ValueError(f"space must be 'w' or 'w+', not {config.space!r}")
+    if config.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {config.steps}")
+    target = _fit_target(target, generator)
+    target_perceptual = _for_perceptual(target, config.perceptual_size)
+    needs_samples = config.noise_strength > 0 or (init_ws is None and config.init == "mean_of_samples")
+    samples = _mapped_latents(generator, config.init_samples, config.seed) if needs_samples else None
+    noise_scale = config.noise_strength * float(samples.std(0).mean()) if config.noise_strength > 0 else 0.0
+    noise_gen = torch.Generator(device=generator.device).manual_seed(config.seed)
+
+    latent = _initial_latent(generator, config, init_ws, samples).requires_grad_(True)
+    optimizer = torch.optim.Adam([latent], lr=config.lr, betas=(0.9, 0.999))
+
+    def losses_at(ws: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = generator.synthesis(ws.expand(1, generator.num_ws, generator.w_dim))
+        perceptual_loss = perceptual(_for_perceptual(image, config.perceptual_size), target_perceptual).mean()
+        pixel_loss = F.mse_loss(image, target)
+        total = config.lambda_perceptual * perceptual_loss + config.lambda_pixel * pixel_loss
+        return image, {"perceptual": perceptual_loss, "pixel": pixel_loss, "total": total}
+
+    history: list[float] = []
+    best = math.inf
+    best_at: list[float] = []  # the best total loss so far, per step
+    stopped_early = False
+    for step in range(config.steps):
+        lr = _learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ws = latent
+        fade = max(0.0, 1 - step / (config.noise_ramp * config.steps)) if config.noise_ramp > 0 else 0.0
+        if noise_scale and fade:
+            noise = torch.randn(latent.shape, generator=noise_gen, device=latent.device)
+            ws = latent + noise * noise_scale * fade ** 2
+        _, losses = losses_at(ws)
+        # autograd.grad, not backward(): only the latent's gradient is computed, no parameter's .grad is touched.
+        (latent.grad,) = torch.autograd.grad(losses["total"], [latent])
+        optimizer.step()
+
+        values = {name: value.item() for name, value in losses.items()}
+        history.append(values["total"])
+        if progress is not None:
+            progress(step, {**values, "lr": lr})
+        best = min(best, values["total"])
+        best_at.append(best)
+        patience = config.early_stop_patience
+        if patience and step >= patience:
+            before = best_at[step - patience]
+            if before - best <= config.early_stop_tol * before:
+                stopped_early = True
+                break
+
+    ws = latent.detach().expand(1, generator.num_ws, generator.w_dim).clone()
+    with torch.no_grad():
+        image, final = losses_at(ws)
+    return ProjectionResult(ws=ws, image=image.detach(), target=target,
+                            losses={name: float(value) for name, value in final.items()},
+                            steps_run=len(history), stopped_early=stopped_early, history=history)
+
+
+def invert_photo(generator: Generator, path: str | Path, perceptual: nn.Module,
+                 config: ProjectorConfig = ProjectorConfig(), encoder: LatentEncoder | None = None,
+                 aligner=None, multiple: Literal["error", "largest"] = "error",
+                 progress: ProgressFn | None = None) -> ProjectionResult:
+    """A face photo -> its latent: align it as the generator's images are (FaceError / ImageError
+    name the file), start from the encoder's guess when one is given, then project."""
+    from ..models.face_align import photo_to_generator_crop  # needs dlib, which nothing above does
+
+    target = photo_to_generator_crop(path, generator.resolution, aligner=aligner, multiple=multiple,
+                                     box=generator.ffhq_box).to(generator.device)
+    init_ws = encode(generator, encoder, target) if encoder is not None else None
+    return project(generator, target, perceptual, config, progress=progress, init_ws=init_ws)

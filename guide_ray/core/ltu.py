@@ -1,0 +1,287 @@
+"""Latent Target Unlearning (Sec. 3.3): fine-tune G_u so that G_u(w_u) becomes G_s(w_t).
+
+Two loops with the same math and the same random draws:
+- ``straightforward``: as the official code, one forward per loss term, the frozen generator's
+  outputs recomputed every step;
+- ``optimised`` (default): every G_u latent of a step in one batched forward; the frozen targets
+  (G_s features, perceptual features, identity embeddings) computed once per latent, for the local
+  pair and for a pool of neighbour and global latents (``latent_pool``), and reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .config import GuideConfig
+from .losses import Targets, Terms, adjacent_deltas, total_loss
+from .ufo import distance_scale, ufo_target
+
+
+def select_trainable(generator, pattern: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters LTU trains: the synthesis network ("synthesis"), or those whose names match
+    a regular expression. Every other parameter is frozen."""
+    named = list(generator.named_parameters())
+    if pattern == "synthesis":
+        chosen = {id(p) for p in generator.trainable_parameters()}
+        selected = [(n, p) for n, p in named if id(p) in chosen]
+    else:
+        regex = re.compile(pattern)
+        selected = [(n, p) for n, p in named if regex.search(n)]
+    if not selected:
+        examples = ", ".join(n for n, _ in named[:5])
+        raise ValueError(f"trainable={pattern!r} matches no parameter of {generator.name} (names look like: {examples})")
+    keep = {id(p) for _, p in selected}
+    for _, p in named:
+        p.requires_grad_(id(p) in keep)
+    return selected
+
+
+def target_latent(generator, w_u: torch.Tensor, cfg: GuideConfig) -> torch.Tensor:
+    """w_t: Eq. 3's extrapolation (distance d in this generator's units), or the average latent."""
+    if cfg.target == "average":
+        return generator.w_avg.expand_as(w_u).clone()
+    return ufo_target(w_u, generator.w_avg, cfg.d * distance_scale(generator, cfg.distance_units))
+
+
+@dataclass
+class Draw:
+    """One step's random latents: neighbour offsets (Eq. 5) and global latents (Eq. 8)."""
+
+    deltas: torch.Tensor  # [N_a, num_ws, w_dim]
+    w_global: torch.Tensor  # [N_g, num_ws, w_dim]
+    camera: torch.Tensor | None = None  # one random camera per step (3D generators), as the official code
+    adj_index: torch.Tensor | None = None  # pool entries, when drawn from a pool
+    global_index: torch.Tensor | None = None
+
+
+class LatentSampler:
+    """Draws N_a neighbours (α ~ U(0, α_max), w_r = mapping(z), ψ = 1) and N_g global latents
+    per step, from a fixed pool of each (disjoint, so global latents are never neighbours) or
+    fresh each step (``pool`` = 0). Seeded; its state is part of a checkpoint."""
+
+    def __init__(self, generator, w_u: torch.Tensor, n_adj: int, n_global: int, alpha_max: float,
+                 pool: int, seed: int):
+        self.generator, self.w_u = generator, w_u
+        self.n_adj, self.n_global, self.alpha_max, self.pool = n_adj, n_global, alpha_max, pool
+        self.rng = torch.Generator().manual_seed(seed)
+        if pool:
+            if pool < max(n_adj, n_global):
+                raise ValueError(f"latent_pool={pool} is smaller than n_adj/n_global")
+            self.pool_deltas = self._deltas(pool)
+            self.pool_global = self._mapped(pool)
+
+    @torch.no_grad()
+    def _mapped(self, n: int) -> torch.Tensor:
+        z = torch.randn(n, self.generator.z_dim, generator=self.rng).to(self.w_u.device)
+        return self.generator.mapping(z)
+
+    def _deltas(self, n: int) -> torch.Tensor:
+        w_r = self._mapped(n)
+        alpha = torch.rand(n, generator=self.rng).to(self.w_u.device) * self.alpha_max
+        return adjacent_deltas(self.w_u, w_r, alpha)
+
+    def draw(self) -> Draw:
+        camera = self.generator.sample_camera(1, self.rng)
+        if not self.pool:
+            return Draw(self._deltas(self.n_adj), self._mapped(self.n_global), camera)
+        adj = torch.randperm(self.pool, generator=self.rng)[:self.n_adj]
+        glob = torch.randperm(self.pool, generator=self.rng)[:self.n_global]
+        return Draw(self.pool_deltas[adj], self.pool_global[glob], camera, adj, glob)
+
+
+class StepLoss(dict):
+    """The step's loss terms as tensors; ``total`` is what is minimised."""
+
+    def floats(self) -> dict[str, float]:
+        return {k: float(v.detach().mean()) if v.numel() > 1 else float(v.detach()) for k, v in self.items()}
+
+
+class Problem:
+    """Everything one unlearning run optimises: G_u, the frozen G_s, w_u, w_t and the loss nets."""
+
+    def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual):
+        self.cfg, self.g_u, self.w_u = cfg, generator, w_u
+        self.g_s = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.w_t = target_latent(generator, w_u, cfg)
+        self.terms = Terms(cfg, perceptual, id_net, generator.ffhq_box)
+        scale = distance_scale(generator, cfg.distance_units)
+        self.sampler = LatentSampler(generator, w_u, cfg.n_adj if cfg.use_adjacency else 0,
+                                     cfg.n_global if cfg.use_global else 0, cfg.alpha_max * scale,
+                                     cfg.latent_pool, cfg.seed)
+        self._cache: dict[str, dict[int, Targets]] = {"adj": {}, "global": {}}
+        self._local_target: Targets | None = None
+
+    # --- the frozen targets -------------------------------------------------------------
+    @torch.no_grad()
+    def frozen(self, ws: torch.Tensor, camera, with_identity: bool) -> Targets:
+        image, features = self.g_s.render(ws, camera)
+        return self.terms.targets(image, features, with_identity)
+
+    def local_target(self, camera) -> Targets:
+        if camera is not None:  # a new view every step: nothing to reuse
+            return self.frozen(self.w_t, camera, with_identity=True)
+        if self._local_target is None:
+            self._local_target = self.frozen(self.w_t, None, with_identity=True)
+        return self._local_target
+
+    def pooled(self, kind: str, draw: Draw, ws: torch.Tensor) -> Targets:
+        """Targets of the drawn latents ``ws``: from the pool's cache (filled on first use) when
+        they come from the pool and the generator has no camera, else computed now."""
+        index = draw.adj_index if kind == "adj" else draw.global_index
+        if index is None or draw.camera is not None:
+            return self.frozen(ws, draw.camera, with_identity=kind == "adj")
+        cache = self._cache[kind]
+        missing = [i for i, k in enumerate(index.tolist()) if k not in cache]
+        if missing:
+            fresh = self.frozen(ws[missing], None, with_identity=kind == "adj")
+            for j, i in enumerate(missing):
+                cache[int(index[i])] = fresh.select(torch.tensor([j]))
+        return Targets.cat([cache[int(k)] for k in index.tolist()])
+
+    # --- one step, two ways ---------------------------------------------------------------
+    def step_optimised(self, draw: Draw) -> StepLoss:
+        cfg, terms = self.cfg, self.terms
+        n_local = 1 if cfg.use_local else 0
+        n_adj, n_glob = len(draw.deltas), len(draw.w_global)
+        ws = torch.cat([self.w_u.expand(n_local, -1, -1), self.w_u + draw.deltas, draw.w_global])
+        image, features = self.g_u.render(ws, draw.camera)
+        per_u = terms.perceptual_features(image)
+        parts: list[Targets] = []
+        if n_local:
+            parts.append(self.local_target(draw.camera))
+        if n_adj:
+            parts.append(self.pooled("adj", draw, self.w_t + draw.deltas))
+        losses = StepLoss()
+        n_unlearn = n_local + n_adj
+        if n_unlearn:
+            pairs = terms.unlearning_pairs(image[:n_unlearn], features[:n_unlearn],
+                                           [f[:n_unlearn] for f in per_u], Targets.cat(parts))
+            if n_local:
+                losses.update({k: v[:1] for k, v in pairs.items()})
+            if n_adj:
+                losses["adj"] = pairs["local"][n_local:]
+        if n_glob:
+            glob_t = self.pooled("global", draw, draw.w_global)
+            losses["global"] = terms.perceptual_distance([f[n_unlearn:] for f in per_u], glob_t.perceptual)
+        losses["total"] = total_loss(losses.get("local"), losses.get("adj"), losses.get("global"), cfg)
+        return losses
+
+    def step_straightforward(self, draw: Draw) -> StepLoss:
+        """The official code's loop: one G_u and one G_s forward per term, targets recomputed."""
+        cfg, terms = self.cfg, self.terms
+
+        def pair(w_source, w_target):
+            image, features = self.g_u.render(w_source, draw.camera)
+            return terms.unlearning_pairs(image, features, terms.perceptual_features(image),
+                                          self.frozen(w_target, draw.camera, with_identity=True))
+
+        losses = StepLoss()
+        if cfg.use_local:
+            losses.update(pair(self.w_u, self.w_t))
+        if len(draw.deltas):
+            losses["adj"] = torch.cat([pair(self.w_u + d[None], self.w_t + d[None])["local"] for d in draw.deltas])
+        if len(draw.w_global):
+            per = []
+            for w in draw.w_global:
+                image, _ = self.g_u.render(w[None], draw.camera)
+                per.append(terms.perceptual_distance(terms.perceptual_features(image),
+                                                     self.frozen(w[None], draw.camera, with_identity=False).perceptual))
+            losses["global"] = torch.cat(per)
+        losses["total"] = total_loss(losses.get("local"), losses.get("adj"), losses.get("global"), cfg)
+        return losses
+
+
+@dataclass
+class LTUResult:
+    w_t: torch.Tensor
+    status: str  # "finished" | "diverged"
+    message: str
+    steps_run: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    trainable: list[str] = field(default_factory=list)
+    g_s: torch.nn.Module | None = None  # the frozen pre-trained generator
+
+
+def trainable_state(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in params}
+
+
+def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, *,
+            loop: str = "optimised", progress: Callable[[int, dict], None] | None = None,
+            on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> LTUResult:
+    """Run LTU on ``generator`` in place (it becomes G_u); G_s is kept as a frozen copy.
+
+    ``on_checkpoint(state)`` receives, every ``checkpoint_every`` steps and at the end, a dict
+    with the step, the trainable tensors, the optimiser and sampler states; passing such a dict as
+    ``resume`` continues the run exactly. A non-finite loss stops the run and restores the last
+    checkpointed weights (status "diverged").
+    """
+    if loop not in ("optimised", "straightforward"):
+        raise ValueError(f"loop must be 'optimised' or 'straightforward', not {loop!r}")
+    torch.manual_seed(cfg.seed)
+    params = select_trainable(generator, cfg.trainable)
+    problem = Problem(generator, w_u, cfg, id_net, perceptual)
+    optimizer = torch.optim.Adam([p for _, p in params], lr=cfg.lr)
+    start = 0
+    if resume is not None:
+        with torch.no_grad():
+            for name, p in params:
+                p.copy_(resume["trainable"][name])
+        optimizer.load_state_dict(resume["optimizer"])
+        problem.sampler.rng.set_state(resume["sampler_rng"])
+        start = resume["step"]
+    step_fn = problem.step_optimised if loop == "optimised" else problem.step_straightforward
+    good = trainable_state(params)
+    good_step, history, status, message = start, [], "finished", ""
+    t0 = time.perf_counter()
+
+    def checkpoint(step: int) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint({"step": step, "trainable": trainable_state(params),
+                           "optimizer": copy.deepcopy(optimizer.state_dict()),
+                           "sampler_rng": problem.sampler.rng.get_state()})
+
+    generator.train()
+    step = start
+    for step in range(start, cfg.iterations):
+        losses = step_fn(problem.sampler.draw())
+        total = losses["total"]
+        if not torch.isfinite(total):
+            with torch.no_grad():
+                for name, p in params:
+                    p.copy_(good[name])
+            status = "diverged"
+            message = (f"the loss became {total.item()} at step {step}; stopped and kept the weights of "
+                       f"step {good_step} (the last good checkpoint)")
+            break
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        history.append(losses.floats())
+        if progress is not None:
+            progress(step, history[-1])
+        if (step + 1) % cfg.checkpoint_every == 0:
+            good, good_step = trainable_state(params), step + 1
+            checkpoint(step + 1)
+    else:
+        step = cfg.iterations
+    generator.eval()
+    if status == "finished":
+        checkpoint(step)
+    seconds = time.perf_counter() - t0
+    for _, p in params:
+        p.grad = None
+    return LTUResult(w_t=problem.w_t, status=status, message=message, steps_run=step - start,
+                     seconds=seconds, history=history, trainable=[n for n, _ in params], g_s=problem.g_s)
+
+
+def seconds_per_iteration(result: LTUResult) -> float:
+    return result.seconds / result.steps_run if result.steps_run else math.nan

@@ -1,0 +1,267 @@
+"""One identity, end to end: source latent -> UFO target -> LTU -> evaluation -> files.
+
+The fleet and the CLI call ``run_identity``; it knows nothing of Ray or MLflow. An output folder
+holds ``result.json`` (config and hash, metrics, timings, latent distances), ``latents.pt``
+(w_u, w_t, the other photos' latents), ``checkpoint.safetensors`` (the trained tensors) and
+``grid.png``; while LTU runs, ``state.pt`` (written atomically every ``checkpoint_every`` steps)
+lets a rerun resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..images import labelled_grid, save_png, to_uint8
+from ..models import load_identity_net, load_perceptual
+from ..models.identity import cosine
+from .checkpoint import metadata_json, save_trainable
+from .config import GuideConfig, config_hash, to_dict
+from .evaluate import default_fid_samples, fid_scores, generated_identity, generator_stats, identity_similarity
+from .inversion import ProjectionResult, invert_photo, project, random_source
+from .ltu import unlearn
+from .ufo import distance_scale, typical_distance, whole_norm
+
+
+class RunExists(ValueError):
+    """The output folder already holds a finished run (or an unfinished one with another config)."""
+
+
+@dataclass
+class IdentitySpec:
+    """Who to erase: a photo (``image``) or a seed (the Random scenario); ``others`` are photos
+    of the same person used only for ID_others."""
+
+    id: str
+    image: Path | None = None
+    seed: int | None = None
+    others: list[Path] = field(default_factory=list)
+
+    def __post_init__(self):
+        if (self.image is None) == (self.seed is None):
+            raise ValueError(f"identity {self.id!r}: give exactly one of image and seed")
+
+
+class Networks:
+    """The frozen networks a run needs, loaded once and shared by many identities."""
+
+    def __init__(self, cfg: GuideConfig, device: torch.device | str):
+        self.device = torch.device(device)
+        self.perceptual = load_perceptual(cfg.perceptual_net, self.device)
+        self.id_loss = load_identity_net(cfg.id_loss_net, self.device)
+        self.id_metric = load_identity_net(cfg.id_metric_net, self.device)
+        self._inception = None
+        self.fid_cache: dict[tuple, object] = {}  # G_s statistics, reused across identities
+
+    @property
+    def inception(self):
+        if self._inception is None:
+            from ..models.fid import InceptionFeatures
+
+            self._inception = InceptionFeatures(device=self.device)
+        return self._inception
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        write(tmp)
+    os.replace(tmp.name, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
+
+
+def _bar(desc: str, total: int, enabled: bool):
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _project_with_bar(fn, desc: str, steps: int, show: bool, *args, **kwargs) -> ProjectionResult:
+    with _bar(desc, steps, show) as bar:
+        def progress(step, losses):
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['total']:.4f}")
+        return fn(*args, progress=progress, **kwargs)
+
+
+def check_output_folder(out: Path, cfg_hash: str, overwrite: bool) -> dict | None:
+    """Refuse a finished run unless ``overwrite``; return an unfinished run's state to resume."""
+    result, state = out / "result.json", out / "state.pt"
+    if overwrite:
+        for f in (result, state):
+            f.unlink(missing_ok=True)
+        return None
+    if result.exists():
+        status = json.loads(result.read_text()).get("status")
+        raise RunExists(f"{out} already holds a {status} run ({result}); pass --overwrite to replace it")
+    if state.exists():
+        saved = torch.load(state, map_location="cpu", weights_only=True)
+        if saved["config_hash"] != cfg_hash:
+            raise RunExists(f"{out} holds an unfinished run with another config (hash {saved['config_hash']}, "
+                            f"this one {cfg_hash}); pass --overwrite to start again")
+        return saved
+    return None
+
+
+@dataclass
+class SourceLatents:
+    """w_u, the image it stands for (the aligned photo, or G_s(w_u) for a seed), the other photos'
+    latents ([K, num_ws, w_dim] or None) and the inversion's final losses."""
+
+    w_u: torch.Tensor
+    source_image: torch.Tensor
+    w_others: torch.Tensor | None
+    inversion_losses: dict | None = None
+
+    def to(self, device) -> "SourceLatents":
+        return SourceLatents(self.w_u.to(device), self.source_image.to(device),
+                             None if self.w_others is None else self.w_others.to(device), self.inversion_losses)
+
+
+def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks,
+                    show_progress: bool = True) -> SourceLatents:
+    """The identity's latents in ``generator``: its photo and other photos inverted, or its seed mapped."""
+    def invert(path):
+        return _project_with_bar(invert_photo, f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps,
+                                 show_progress, generator, path, nets.perceptual, cfg.inversion)
+
+    if spec.seed is not None:
+        w_u = random_source(generator, spec.seed)
+        with torch.no_grad():
+            source_image, losses = generator.synthesis(w_u), None
+    else:
+        fit = invert(spec.image)
+        w_u, source_image, losses = fit.ws, fit.target, fit.losses
+    others = [invert(p).ws for p in spec.others]
+    return SourceLatents(w_u, source_image, torch.cat(others) if others else None, losses)
+
+
+def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks, out: str | Path, *,
+                 loop: str = "optimised", overwrite: bool = False, show_progress: bool = True,
+                 sources: SourceLatents | None = None) -> dict:
+    """Unlearn ``spec`` from ``generator`` (in place: it becomes G_u) and write the run's files.
+
+    ``sources``: the identity's latents when already inverted (else they are computed here).
+    Returns the result dict also written to ``result.json``. A run whose loss diverges ends with
+    status "diverged" and the last good weights; a rerun of an unfinished run resumes it.
+    """
+    out = Path(out)
+    cfg_hash = config_hash(cfg)
+    resume = check_output_folder(out, cfg_hash, overwrite)
+    t_start = time.perf_counter()
+    times: dict[str, float] = {}
+
+    if resume is not None:
+        sources = SourceLatents(**resume["sources"])
+    elif sources is None:
+        t = time.perf_counter()
+        sources = invert_identity(generator, spec, cfg, nets, show_progress)
+        times["inversion_s"] = time.perf_counter() - t
+    sources = sources.to(generator.device)
+    w_u, w_others = sources.w_u, sources.w_others
+
+    def save_state(state: dict) -> None:
+        state.update(config_hash=cfg_hash, sources=vars(sources.to("cpu")))
+        _atomic_write(out / "state.pt", lambda f: torch.save(state, f))
+
+    with _bar(f"{spec.id}: unlearning", cfg.iterations, show_progress) as bar:
+        bar.update(resume["step"] if resume else 0)
+
+        def progress(step, losses):
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("total", "local", "adj", "global")})
+
+        ltu = unlearn(generator, w_u, cfg, nets.id_loss, nets.perceptual, loop=loop, progress=progress,
+                      on_checkpoint=save_state, resume=resume)
+    times["unlearn_s"] = ltu.seconds
+    times["s_per_iteration"] = ltu.seconds / ltu.steps_run if ltu.steps_run else None
+
+    t = time.perf_counter()
+    metrics = evaluate_run(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, show_progress)
+    times["evaluation_s"] = time.perf_counter() - t
+
+    checkpoint = save_trainable(out / "checkpoint.safetensors",
+                                {n: p for n, p in generator.named_parameters() if n in set(ltu.trainable)},
+                                generator.name, metadata_json({"identity": spec.id, "config_hash": cfg_hash}))
+    torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
+               out / "latents.pt")
+    save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image), out / "grid.png")
+    times["total_s"] = time.perf_counter() - t_start
+    scale = distance_scale(generator, cfg.distance_units)
+    result = {
+        "id": spec.id, "generator": generator.name, "status": ltu.status, "message": ltu.message,
+        "source": {"image": str(spec.image) if spec.image else None, "seed": spec.seed,
+                   "others": [str(p) for p in spec.others]},
+        "config": to_dict(cfg), "config_hash": cfg_hash, "loop": loop,
+        "metrics": metrics, "timings": times, "steps": ltu.steps_run + (resume["step"] if resume else 0),
+        "final_losses": ltu.history[-1] if ltu.history else None, "inversion_losses": sources.inversion_losses,
+        "latents": {
+            "typical_distance": typical_distance(generator),
+            "distance_scale": scale,
+            "d_effective": cfg.d * scale, "alpha_max_effective": cfg.alpha_max * scale,
+            "w_u_to_avg": float(whole_norm(w_u - generator.w_avg)),
+            "w_t_to_avg": float(whole_norm(ltu.w_t - generator.w_avg)),
+            "w_t_to_w_u": float(whole_norm(ltu.w_t - w_u)),
+        },
+        "trainable_parameters": sum(p.numel() for n, p in generator.named_parameters() if n in set(ltu.trainable)),
+        "checkpoint": str(checkpoint),
+    }
+    write_json(out / "result.json", result)
+    (out / "state.pt").unlink(missing_ok=True)
+    return result
+
+
+def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets: Networks,
+                 show_progress: bool = False) -> dict:
+    """ID, ID_others, re-inversion ID, FID_pre (and ΔFID_real with real statistics)."""
+    ev = cfg.evaluation
+    metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u)[0])}
+    source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
+    metrics["id_target"] = float(cosine(source_and_target[0], source_and_target[1]))  # how far UFO moved
+    if w_others is not None:
+        each = identity_similarity(nets.id_metric, g_s, g_u, w_others)
+        metrics["id_others"] = float(each.mean())
+        metrics["id_others_each"] = [float(v) for v in each]
+    if ev.reinversion:
+        # The source image projected into G_u with a fresh projector: is the person still drawable?
+        fit = _project_with_bar(project, "re-inverting the source into G_u", cfg.inversion.steps, show_progress,
+                                g_u, source_image, nets.perceptual, cfg.inversion)
+        with torch.no_grad():
+            source_id = nets.id_metric.embed_generated(source_image, g_u.ffhq_box)
+            metrics["reinversion_id"] = float(torch.nn.functional.cosine_similarity(
+                source_id, generated_identity(nets.id_metric, g_u, fit.ws)))
+            metrics["inversion_id"] = float(torch.nn.functional.cosine_similarity(
+                source_id, generated_identity(nets.id_metric, g_s, w_u)))
+    samples = ev.fid_samples or default_fid_samples(nets.device)
+    key = (g_s.name, samples, ev.fid_seed)
+    if key not in nets.fid_cache:
+        nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
+    real = None
+    if ev.real_stats:
+        from ..models.fid import FeatureStats
+
+        real = FeatureStats.load(ev.real_stats)
+    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
+    metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
+    return metrics
+
+
+@torch.no_grad()
+def run_grid(g_s, g_u, w_u, w_t, w_others, source_image):
+    """Rows: [source, G_s(w_u), G_s(w_t), G_u(w_u)], then [G_s(w_o), G_u(w_o)] per other photo."""
+    def pic(img):
+        return to_uint8(img)[0]
+
+    rows = [[("source", pic(source_image)), ("G_s(w_u) before", pic(g_s.synthesis(w_u))),
+             ("G_s(w_t) target", pic(g_s.synthesis(w_t))), ("G_u(w_u) after", pic(g_u.synthesis(w_u)))]]
+    for i, w in enumerate(w_others if w_others is not None else []):
+        rows.append([(f"other {i + 1}: G_s", pic(g_s.synthesis(w[None]))), (f"other {i + 1}: G_u", pic(g_u.synthesis(w[None])))])
+    return labelled_grid(rows)

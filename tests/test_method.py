@@ -1,0 +1,203 @@
+"""GUIDE's equations and the LTU loop on tiny models, against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from guide_ray.core.config import ConfigError, GuideConfig, config_hash, load_config
+from guide_ray.core.losses import adjacent_deltas
+from guide_ray.core.ltu import LatentSampler, Problem, select_trainable, unlearn
+from guide_ray.core.ufo import distance_scale, typical_distance, ufo_target
+from tests.tiny import TinyGenerator, TinyIdentity, TinyPerceptual
+
+
+def test_eq3_ufo_target_by_hand():
+    w_avg = torch.tensor([1.0, 0.0])
+    w_u = torch.tensor([[[4.0, 4.0], [1.0, 0.0]]])  # w_id = [[3, 4], [0, 0]]: whole-tensor norm 5
+    w_t = ufo_target(w_u, w_avg, d=10.0)
+    torch.testing.assert_close(w_t, torch.tensor([[[1 - 6.0, -8.0], [1.0, 0.0]]]))
+    torch.testing.assert_close(ufo_target(w_u, w_avg, 0.0), w_avg.expand_as(w_u))  # d = 0: the average
+    half = ufo_target(w_u, w_avg, -2.5)  # d < 0 interpolates: halfway to w_u
+    torch.testing.assert_close(half, torch.tensor([[[2.5, 2.0], [1.0, 0.0]]]))
+
+
+def test_eq3_norm_is_over_the_whole_latent_not_per_layer():
+    w_avg = torch.zeros(2)
+    w_u = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]])  # per-layer norms 3 and 4, whole norm 5
+    w_t = ufo_target(w_u, w_avg, 5.0)
+    torch.testing.assert_close(w_t, -w_u)
+
+
+def test_eq5_adjacent_deltas_by_hand():
+    w_u = torch.tensor([[[0.0, 0.0]]])
+    w_r = torch.tensor([[[3.0, 4.0]], [[0.0, -2.0]]])
+    deltas = adjacent_deltas(w_u, w_r, torch.tensor([10.0, 1.0]))
+    torch.testing.assert_close(deltas, torch.tensor([[[6.0, 8.0]], [[0.0, -1.0]]]))
+
+
+def test_sampler_alpha_is_uniform_up_to_alpha_max_and_pools_are_disjoint():
+    g = TinyGenerator()
+    w_u = g.mapping(g.z_from_seed(0))
+    sampler = LatentSampler(g, w_u, n_adj=2, n_global=2, alpha_max=3.0, pool=50, seed=0)
+    norms = sampler.pool_deltas.flatten(1).norm(dim=1)
+    assert norms.max() <= 3.0 and norms.min() >= 0 and 1.0 < norms.mean() < 2.0
+    adj_latents = w_u + sampler.pool_deltas
+    assert not any(torch.allclose(a, b) for a in adj_latents for b in sampler.pool_global)
+    draw = sampler.draw()
+    assert draw.deltas.shape == (2, 2, 6) and draw.w_global.shape == (2, 2, 6)
+
+
+@pytest.fixture
+def problem_parts():
+    cfg = load_config(overrides=["distance_units=absolute", "d=2.0", "alpha_max=1.0", "latent_pool=8",
+                                 "lambda_l2=0.5", "lambda_per=2.0", "lambda_id=0.3", "lambda_adj=0.7", "lambda_global=1.5"])
+    g = TinyGenerator()
+    w_u = g.mapping(g.z_from_seed(1))
+    return cfg, g, w_u, TinyIdentity(), TinyPerceptual()
+
+
+def test_loss_composition_by_hand(problem_parts):
+    """Eq. 4, 7, 8, 9 recomputed from the formulas on the same draws."""
+    cfg, g, w_u, ident, per = problem_parts
+    select_trainable(g, cfg.trainable)
+    problem = Problem(g, w_u, cfg, ident, per)
+    draw = problem.sampler.draw()
+    got = problem.step_optimised(draw)
+
+    w_t = problem.w_t
+    torch.testing.assert_close(w_t, ufo_target(w_u, g.w_avg, 2.0))
+    g_s = problem.g_s
+
+    def local(ws_u, ws_t):
+        a, b = g.synthesis(ws_u), g_s.synthesis(ws_t)
+        l2 = F.mse_loss(a, b)
+        p = per(a, b).mean()
+        i = 1 - F.cosine_similarity(ident.embed_generated(a), ident.embed_generated(b)).mean()
+        return 0.5 * l2 + 2.0 * p + 0.3 * i, (l2, p, i)
+
+    l_local, (l2, p, i) = local(w_u, w_t)
+    l_adj = sum(local(w_u + d[None], w_t + d[None])[0] for d in draw.deltas) / len(draw.deltas)
+    l_glob = sum(per(g.synthesis(w[None]), g_s.synthesis(w[None])).mean() for w in draw.w_global) / len(draw.w_global)
+    expected = l_local + 0.7 * l_adj + 1.5 * l_glob
+    torch.testing.assert_close(got["total"], expected)
+    for key, value in (("l2", l2), ("per", p), ("id", i), ("local", l_local)):
+        torch.testing.assert_close(got[key].squeeze(), value)
+    assert float(l_glob.detach()) == 0.0  # G_u = G_s before the first update
+
+
+def test_straightforward_and_optimised_loops_agree(problem_parts):
+    cfg, g, w_u, ident, per = problem_parts
+    select_trainable(g, cfg.trainable)
+    problem = Problem(g, w_u, cfg, ident, per)
+    with torch.no_grad():  # move G_u away from G_s so that every term is non-zero
+        for p in g.synthesis_net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    draw = problem.sampler.draw()
+    a, b = problem.step_optimised(draw), problem.step_straightforward(draw)
+    assert a.keys() == b.keys() and float(a["global"].mean()) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset,keys", [("baseline", {"l2", "per", "id", "local", "total"}),
+                                         ("adjacency", {"l2", "per", "id", "local", "adj", "total"})])
+def test_presets_switch_terms(preset, keys):
+    cfg = load_config(preset=preset, overrides=["latent_pool=4"])
+    g = TinyGenerator()
+    w_u = g.mapping(g.z_from_seed(1))
+    problem = Problem(g, w_u, cfg, TinyIdentity(), TinyPerceptual())
+    assert set(problem.step_optimised(problem.sampler.draw())) == keys
+    if preset == "baseline":
+        torch.testing.assert_close(problem.w_t, g.w_avg.expand_as(w_u))
+
+
+def test_only_the_chosen_parameters_change(problem_parts):
+    cfg, g, w_u, ident, per = problem_parts
+    cfg.iterations, cfg.lr, cfg.trainable = 5, 1e-2, r"synthesis_net\.1\.weight"
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    result = unlearn(g, w_u, cfg, ident, per)
+    assert result.trainable == ["synthesis_net.1.weight"]
+    for name, p in g.named_parameters():
+        assert torch.equal(p, before[name]) == (name != "synthesis_net.1.weight"), name
+    for name, p in result.g_s.named_parameters():  # the frozen copy is the original
+        assert torch.equal(p, before[name])
+    with pytest.raises(ValueError, match="matches no parameter"):
+        unlearn(g, w_u, GuideConfig(trainable="nothing_like_this"), ident, per)
+
+
+def test_unlearning_moves_g_u_of_w_u_to_the_target(problem_parts):
+    cfg, g, w_u, ident, per = problem_parts
+    cfg.iterations, cfg.lr = 150, 3e-3
+    result = unlearn(g, w_u, cfg, ident, per)
+    with torch.no_grad():
+        before = F.mse_loss(result.g_s.synthesis(w_u), result.g_s.synthesis(result.w_t))
+        after = F.mse_loss(g.synthesis(w_u), result.g_s.synthesis(result.w_t))
+    assert after < 0.2 * before
+    assert result.history[-1]["total"] < 0.5 * result.history[0]["total"]
+
+
+def test_resume_continues_exactly(problem_parts):
+    cfg, _, w_u, ident, per = problem_parts
+    cfg.iterations, cfg.checkpoint_every, cfg.lr = 6, 3, 1e-2
+    states = []
+    straight = TinyGenerator()
+    unlearn(straight, w_u, cfg, ident, per, on_checkpoint=lambda s: states.append(s))
+    assert [s["step"] for s in states] == [3, 6, 6]
+    resumed = TinyGenerator()
+    result = unlearn(resumed, w_u, cfg, ident, per, resume=states[0])
+    assert result.steps_run == 3
+    for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(a, b, msg=n)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_weights(problem_parts):
+    cfg, g, w_u, ident, per = problem_parts
+    cfg.iterations, cfg.checkpoint_every, cfg.lr = 10, 2, 1e-2
+
+    class Poisoned(TinyPerceptual):
+        calls = 0
+
+        def distance(self, fa, fb):
+            Poisoned.calls += 1
+            d = super().distance(fa, fb)
+            return d * math.nan if Poisoned.calls > 5 else d
+
+    states = []
+    result = unlearn(g, w_u, cfg, ident, Poisoned(), on_checkpoint=states.append)
+    # distance() runs twice a step (unlearning pairs, global pairs): its 6th call is in step 2
+    assert result.status == "diverged" and "nan at step 2" in result.message and "weights of step 2" in result.message
+    assert states[-1]["step"] == 2
+    for name, p in g.named_parameters():
+        if name in result.trainable:
+            torch.testing.assert_close(p, states[-1]["trainable"][name])
+
+
+def test_distances_scale_with_the_generator():
+    g = TinyGenerator()
+    assert distance_scale(g, "absolute") == 1.0
+    expected = typical_distance(g) / (9.84 * math.sqrt(14))
+    assert distance_scale(g, "eg3d") == pytest.approx(expected)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'lamda_id'"):
+        load_config(overrides=["lamda_id=0.1"])
+    with pytest.raises(ConfigError, match="iterations: expected an integer"):
+        load_config(overrides=["iterations=many"])
+    with pytest.raises(ConfigError, match="target: 'far' is not one of"):
+        load_config(overrides=["target=far"])
+    with pytest.raises(ConfigError, match="unknown config key 'inversion.stepz'"):
+        load_config(overrides=["inversion.stepz=3"])
+    with pytest.raises(ConfigError, match="lambda_id must be >= 0"):
+        load_config(overrides=["lambda_id=-1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match="lr: expected a number"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("d: 20\ninversion:\n  steps: 50\n")
+    cfg = load_config(good, ["lr=2e-4"])
+    assert (cfg.d, cfg.inversion.steps, cfg.lr) == (20.0, 50, 2e-4)
+    assert config_hash(cfg) != config_hash(GuideConfig()) and config_hash(cfg) == config_hash(load_config(good, ["lr=2e-4"]))
