@@ -56,9 +56,10 @@ class GuideConfig:
     # "synthesis": the generator's synthesis network (the official code); or a regular expression
     # matched against the generator's parameter names.
     trainable: str = "synthesis"
-    # Neighbour and global latents are drawn from a pool whose frozen-generator outputs are
-    # computed once; 0 draws fresh latents every step (the official code) at a higher cost.
-    latent_pool: int = 256
+    # Neighbour and global latents are drawn from pools of this many (N_a resp. N_g of them each
+    # step) whose frozen-generator outputs are computed once; 0 draws fresh latents every step
+    # (the official code) at a higher cost. Memory: 2 x pool x (perceptual features of one image).
+    latent_pool: int = 64
     id_loss_net: str = "dlib-resnet34"
     id_metric_net: str = "facenet-vggface2"
     perceptual_net: str = "stlpips-vgg"

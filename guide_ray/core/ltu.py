@@ -131,6 +131,18 @@ class Problem:
             self._local_target = self.frozen(self.w_t, None, with_identity=True)
         return self._local_target
 
+    def fill_pool(self, batch: int = 16) -> None:
+        """Compute every pool entry's frozen targets now (camera-free generators only)."""
+        if not self.sampler.pool or self.g_s.sample_camera(1) is not None:
+            return
+        index = torch.arange(self.sampler.pool)
+        for kind, latents in (("adj", self.w_t + self.sampler.pool_deltas), ("global", self.sampler.pool_global)):
+            if (kind == "adj" and not self.sampler.n_adj) or (kind == "global" and not self.sampler.n_global):
+                continue
+            for chunk in index.split(batch):
+                draw = Draw(self.sampler.pool_deltas[chunk], self.sampler.pool_global[chunk], None, chunk, chunk)
+                self.pooled(kind, draw, latents[chunk])
+
     def pooled(self, kind: str, draw: Draw, ws: torch.Tensor) -> Targets:
         """Targets of the drawn latents ``ws``: from the pool's cache (filled on first use) when
         they come from the pool and the generator has no camera, else computed now."""
@@ -238,6 +250,8 @@ def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, 
         optimizer.load_state_dict(resume["optimizer"])
         problem.sampler.rng.set_state(resume["sampler_rng"])
         start = resume["step"]
+    if loop == "optimised":
+        problem.fill_pool()
     step_fn = problem.step_optimised if loop == "optimised" else problem.step_straightforward
     good = trainable_state(params)
     good_step, history, status, message = start, [], "finished", ""
