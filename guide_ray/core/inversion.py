@@ -26,7 +26,7 @@ from ..models.generator import Generator
 class ProjectorConfig:
     space: Literal["w+", "w"] = "w+"  # "w": one latent shared by all num_ws layers
     steps: int = 500
-    lr: float = 0.05  # Adam's peak learning rate
+    lr: float = 0.1  # Adam's peak learning rate
     lambda_perceptual: float = 1.0
     lambda_pixel: float = 1.0  # MSE between images in [-1, 1]
     perceptual_size: int = 256  # larger images are area-downsampled to this before the perceptual net
@@ -35,7 +35,7 @@ class ProjectorConfig:
     # Latent noise: Gaussian noise of noise_strength x (per-coordinate std of mapped latents), fading
     # quadratically to 0 over the first noise_ramp fraction of the steps, added to the latent before
     # synthesis; it helps the optimisation leave the start's basin.
-    noise_strength: float = 0.0
+    noise_strength: float = 0.5
     noise_ramp: float = 0.75
     lr_rampup: float = 0.05  # fraction of the steps over which lr rises linearly from 0
     lr_rampdown: float = 0.25  # fraction of the steps over which lr falls to 0 along a half cosine
