@@ -137,7 +137,8 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
             init_ws: torch.Tensor | None = None) -> ProjectionResult:
     """Optimise a latent so that synthesis(latent) matches ``target`` ([1, 3, H, W] in [-1, 1],
     resized to the generator's resolution when needed); start from ``init_ws`` (e.g. ``encode``'s
-    guess) when given, else from ``config.init``. ``progress(step, losses)`` is called every step."""
+    guess) when given, else from ``config.init``. ``progress(step, values)`` is called every step
+    with the step's perceptual, pixel and total losses and its lr."""
     if config.space not in ("w", "w+"):
         raise ValueError(f"space must be 'w' or 'w+', not {config.space!r}")
     if config.steps < 1:
