@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from guide_ray import cli, weights
+from guide_ray import cli
 from guide_ray.core.config import load_config
 from guide_ray.core.pipeline import IdentitySpec, Networks, RunExists, run_identity
 from guide_ray.models import load_generator

@@ -43,11 +43,11 @@ def select_trainable(generator, pattern: str) -> list[tuple[str, torch.nn.Parame
     return selected
 
 
-def target_latent(generator, w_u: torch.Tensor, cfg: GuideConfig) -> torch.Tensor:
-    """w_t: Eq. 3's extrapolation (distance d in this generator's units), or the average latent."""
+def target_latent(generator, w_u: torch.Tensor, cfg: GuideConfig, scale: float) -> torch.Tensor:
+    """w_t: Eq. 3's extrapolation (distance d x ``scale``, see ufo.distance_scale), or the average latent."""
     if cfg.target == "average":
         return generator.w_avg.expand_as(w_u).clone()
-    return ufo_target(w_u, generator.w_avg, cfg.d * distance_scale(generator, cfg.distance_units))
+    return ufo_target(w_u, generator.w_avg, cfg.d * scale)
 
 
 @dataclass
@@ -109,9 +109,9 @@ class Problem:
     def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual):
         self.cfg, self.g_u, self.w_u = cfg, generator, w_u
         self.g_s = copy.deepcopy(generator).eval().requires_grad_(False)
-        self.w_t = target_latent(generator, w_u, cfg)
+        self.distance_scale = scale = distance_scale(generator, cfg.distance_units)  # computed once: 10k mappings
+        self.w_t = target_latent(generator, w_u, cfg, scale)
         self.terms = Terms(cfg, perceptual, id_net, generator.ffhq_box)
-        scale = distance_scale(generator, cfg.distance_units)
         self.sampler = LatentSampler(generator, w_u, cfg.n_adj if cfg.use_adjacency else 0,
                                      cfg.n_global if cfg.use_global else 0, cfg.alpha_max * scale,
                                      cfg.latent_pool, cfg.seed)
@@ -213,6 +213,7 @@ class Problem:
 @dataclass
 class LTUResult:
     w_t: torch.Tensor
+    distance_scale: float  # config distances -> this generator's latent units
     status: str  # "finished" | "diverged"
     message: str
     steps_run: int
@@ -293,7 +294,7 @@ def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, 
     seconds = time.perf_counter() - t0
     for _, p in params:
         p.grad = None
-    return LTUResult(w_t=problem.w_t, status=status, message=message, steps_run=step - start,
+    return LTUResult(w_t=problem.w_t, distance_scale=problem.distance_scale, status=status, message=message, steps_run=step - start,
                      seconds=seconds, history=history, trainable=[n for n, _ in params], g_s=problem.g_s)
 
 

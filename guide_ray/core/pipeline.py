@@ -27,7 +27,7 @@ from .config import GuideConfig, config_hash, to_dict
 from .evaluate import default_fid_samples, fid_scores, generated_identity, generator_stats, identity_similarity
 from .inversion import ProjectionResult, invert_photo, project, random_source
 from .ltu import unlearn
-from .ufo import distance_scale, typical_distance, whole_norm
+from .ufo import whole_norm
 
 
 class RunExists(ValueError):
@@ -200,7 +200,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
                out / "latents.pt")
     save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image), out / "grid.png")
     times["total_s"] = time.perf_counter() - t_start
-    scale = distance_scale(generator, cfg.distance_units)
+    scale = ltu.distance_scale
     result = {
         "id": spec.id, "generator": generator.name, "status": ltu.status, "message": ltu.message,
         "source": {"image": str(spec.image) if spec.image else None, "seed": spec.seed,
@@ -209,7 +209,6 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         "metrics": metrics, "timings": times, "steps": ltu.steps_run + (resume["step"] if resume else 0),
         "final_losses": ltu.history[-1] if ltu.history else None, "inversion_losses": sources.inversion_losses,
         "latents": {
-            "typical_distance": typical_distance(generator),
             "distance_scale": scale,
             "d_effective": cfg.d * scale, "alpha_max_effective": cfg.alpha_max * scale,
             "w_u_to_avg": float(whole_norm(w_u - generator.w_avg)),
