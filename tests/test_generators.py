@@ -6,8 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
+import torch.nn.functional as F
+
 from guide_ray import cli, weights
+from guide_ray.images import to_uint8
 from guide_ray.models import Generator, load_generator
+from guide_ray.models.face_align import FaceError, default_aligner
 
 SEEDS = (0, 1, 2, 3)
 
@@ -67,7 +71,7 @@ def test_w_plus_reaches_each_layer(mobilestylegan):
 
 def test_w_avg_is_the_mapping_mean(mobilestylegan):
     g = mobilestylegan
-    cached = list(weights.weight_dir("mobilestylegan-ffhq1024").glob("w_avg-*-n100000-seed0.npy"))
+    cached = list(weights.weight_dir("mobilestylegan-ffhq1024").glob("w_avg-n100000-seed0-*.npy"))
     assert len(cached) == 1
     with torch.no_grad():
         w = g.mapping_net(torch.randn(10_000, 512, generator=torch.Generator().manual_seed(123)))
@@ -104,7 +108,27 @@ def test_dcgan_is_batch_independent_and_trainable(dcgan):
         assert all(p.grad is not None for p in dcgan.trainable_parameters())
     finally:
         dcgan.eval().zero_grad(set_to_none=True)
-    assert dcgan.num_ws == 1 and not dcgan.w_avg.any()
+    assert dcgan.num_ws == 1
+
+
+def test_dcgan_w_avg_is_the_average_face(dcgan):
+    # Loading (and computing w_avg) leaves the checkpoint's tensors, batch-norm statistics included, as they were.
+    saved = torch.load(weights.path("dcgan-digiface64"), map_location="cpu", weights_only=True)["netG_state_dict"]
+    for key, value in dcgan.synthesis_net.state_dict().items():
+        torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
+    z = torch.randn(2000, dcgan.z_dim, generator=torch.Generator().manual_seed(7))  # not w_avg's samples
+    with torch.no_grad():
+        images = dcgan(z)
+        mean_face = images.mean(0, keepdim=True)
+        at_avg, at_zero = dcgan.synthesis(dcgan.w_avg[None]), dcgan.synthesis(torch.zeros(1, dcgan.w_dim))
+    sample_error = ((images - mean_face) ** 2).flatten(1).mean(1)
+    assert ((at_avg - mean_face) ** 2).mean() < sample_error.min()  # closer to the mean face than any sample
+    assert 0.8 < dcgan.w_avg.norm() / dcgan.z_dim ** 0.5 < 1.2  # on the shell where faces live, not z = 0
+    aligner = default_aligner()
+    upscale = lambda img: to_uint8(F.interpolate(img, scale_factor=4, mode="bicubic"))[0]  # noqa: E731
+    aligner.face(upscale(at_avg), "G(w_avg)")  # a face...
+    with pytest.raises(FaceError):
+        aligner.face(upscale(at_zero), "G(0)")  # ...where z = 0 gives a face-less texture
 
 
 def test_generators_load_from_user_paths(tmp_path, dcgan, mobilestylegan):

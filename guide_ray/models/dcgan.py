@@ -1,19 +1,32 @@
 """The DCGAN of gan-face-generate (PyTorch DCGAN-tutorial architecture, DigiFace-1M, 64x64).
 
-A DCGAN has no mapping network: its latent z plays the role of w (num_ws = 1, w_avg = 0), so
-GUIDE's UFO target and truncation act on z directly. Batch-norm layers always use their running
-statistics, also while the synthesis network is fine-tuned, so the generator's function of z does
-not depend on the batch.
+A DCGAN has no mapping network: its latent z plays the role of w (num_ws = 1), so GUIDE's UFO
+target and truncation act on z directly. Batch-norm layers always use their running statistics,
+also while the synthesis network is fine-tuned, so the generator's function of z does not depend on
+the batch.
+
+``w_avg`` is the latent of the average face, not the prior's mean z = 0. In a StyleGAN, w_avg is
+both the mean latent and a latent whose image is the average face, and GUIDE uses it as the latter
+(the baseline's target, the origin of Eq. 3). Here the two differ: G(0) is a face-less texture
+(the first ReLU layer is dead at z = 0, so G's gradient there is zero too) while faces live near
+||z|| = sqrt(z_dim). So w_avg is found by fitting G(z) to the pixel mean of ``AVERAGE_FACE_SAMPLES``
+images, starting from the sample closest to that mean; it is computed once and cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .generator import GeneratorBase
+from .. import weights
+from .generator import GeneratorBase, cached_latent
+
+AVERAGE_FACE_SAMPLES = 10_000
+AVERAGE_FACE_SEED = 0
+AVERAGE_FACE_STEPS = 300
 
 
 def _dcgan_net(nz: int, ngf: int, nc: int) -> nn.Sequential:
@@ -30,6 +43,7 @@ class _FrozenStatsDCGAN(nn.Module):
     def __init__(self, nz: int, ngf: int, nc: int):
         super().__init__()
         self.main = _dcgan_net(nz, ngf, nc)
+        self.train()  # puts the batch-norm layers in eval mode from the start
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -48,7 +62,9 @@ class DCGAN(GeneratorBase):
     # 4x upscaled images) puts this frame at the mean box below, std 0.03 (tests/test_identity.py).
     ffhq_box = (0.112, 0.098, 0.890, 0.898)
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], name: str = "dcgan-digiface64"):
+    def __init__(self, state_dict: dict[str, torch.Tensor], name: str = "dcgan-digiface64",
+                 w_avg: torch.Tensor | None = None):
+        """``w_avg`` defaults to the average-face latent, computed here (``from_file`` caches it)."""
         super().__init__()
         self.name = name
         nz, ngf8 = state_dict["main.0.weight"].shape[:2]
@@ -58,6 +74,7 @@ class DCGAN(GeneratorBase):
         self.synthesis_net.load_state_dict(state_dict)
         self.resolution = 64
         self.register_buffer("w_avg", torch.zeros(self.w_dim))
+        self.w_avg.copy_(w_avg if w_avg is not None else self.average_face_latent())
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "dcgan-digiface64") -> "DCGAN":
@@ -66,7 +83,33 @@ class DCGAN(GeneratorBase):
         if not isinstance(sd, dict) or "main.0.weight" not in sd:
             raise ValueError(f"{path} is not a DCGAN generator checkpoint (expected a state dict "
                              f"with 'main.0.weight', optionally under 'netG_state_dict')")
-        return cls({k: v for k, v in sd.items()}, name=name)
+        gen = cls(dict(sd), name=name, w_avg=torch.zeros(int(sd["main.0.weight"].shape[0])))
+        digest = hashlib.sha256()
+        for key in sorted(sd):
+            digest.update(key.encode() + sd[key].cpu().contiguous().numpy().tobytes())
+        name = (f"dcgan-average-face-n{AVERAGE_FACE_SAMPLES}-seed{AVERAGE_FACE_SEED}-steps{AVERAGE_FACE_STEPS}"
+                f"-{digest.hexdigest()[:16]}.npy")
+        gen.w_avg.copy_(cached_latent(weights.cache_dir() / "latents" / name, gen.average_face_latent,
+                                      "the average-face latent"))
+        return gen
+
+    def average_face_latent(self) -> torch.Tensor:
+        """[w_dim]: argmin_z ||G(z) - mean_i G(z_i)||^2, z_i ~ N(0, I) (Adam from the nearest z_i)."""
+        gen = torch.Generator().manual_seed(AVERAGE_FACE_SEED)
+        z = torch.randn(AVERAGE_FACE_SAMPLES, self.z_dim, generator=gen)
+        with torch.no_grad():
+            images = torch.cat([self.synthesis_net(chunk) for chunk in z.split(500)])
+            mean_face = images.mean(0, keepdim=True)
+            nearest = ((images - mean_face) ** 2).flatten(1).mean(1).argmin()
+        latent = z[nearest][None].clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([latent], lr=0.05)
+        for _ in range(AVERAGE_FACE_STEPS):
+            loss = ((self.synthesis_net(latent) - mean_face) ** 2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        self.synthesis_net.zero_grad(set_to_none=True)
+        return latent.detach()[0]
 
     def _map(self, z):
         return z

@@ -10,11 +10,18 @@ identity networks can crop its faces.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -39,6 +46,24 @@ class Generator(Protocol):
     def trainable_parameters(self) -> Iterator[nn.Parameter]: ...
 
     def sample_camera(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor | None: ...
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def cached_latent(path: Path, compute: Callable[[], torch.Tensor], what: str) -> torch.Tensor:
+    """A latent derived from a generator's weights (e.g. w_avg): loaded from the .npy at ``path``,
+    else computed once and saved there atomically."""
+    if path.exists():
+        return torch.from_numpy(np.load(path))
+    log.info("computing %s (once; cached at %s)", what, path)
+    latent = compute().detach().cpu().float()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as tmp:
+        np.save(tmp, latent.numpy())
+    os.replace(tmp.name, path)
+    return latent
 
 
 def straight_through_clamp(img: torch.Tensor) -> torch.Tensor:

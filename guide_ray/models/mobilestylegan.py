@@ -8,17 +8,16 @@ weights.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import platformdirs
 import torch
 
-from .generator import GeneratorBase
+import os
+
+import platformdirs
+
+from .generator import GeneratorBase, cached_latent, file_digest
 from .openvino_ir import IRGraph
 
 log = logging.getLogger(__name__)
@@ -45,21 +44,16 @@ class MobileStyleGAN(GeneratorBase):
         self.synthesis_net = IRGraph(folder / SYNTHESIS_XML, per_layer_input=0,
                                      fixed_consumers=("GroupConvolutionBackpropData",))
         self.num_ws = len(self.synthesis_net.input_consumers)
-        self.register_buffer("w_avg", load_or_estimate_w_avg(self.mapping_net, folder / "MappingNetwork.bin"))
+        cache = folder if os.access(folder, os.W_OK) else Path(platformdirs.user_cache_dir("guide_ray")) / "w_avg"
+        name = f"w_avg-n{W_AVG_SAMPLES}-seed{W_AVG_SEED}-{file_digest(folder / 'MappingNetwork.bin')}.npy"
+        self.register_buffer("w_avg", cached_latent(cache / name, lambda: estimate_w_avg(self.mapping_net),
+                                                    f"w_avg from {W_AVG_SAMPLES} mapping samples"))
 
     def _map(self, z):
         return self.mapping_net(z)
 
     def _synthesize(self, ws):
         return self.synthesis_net(ws)
-
-
-def _w_avg_cache_path(mapping_bin: Path) -> Path:
-    digest = hashlib.sha256(mapping_bin.read_bytes()).hexdigest()[:16]
-    name = f"w_avg-{digest}-n{W_AVG_SAMPLES}-seed{W_AVG_SEED}.npy"
-    if os.access(mapping_bin.parent, os.W_OK):
-        return mapping_bin.parent / name
-    return Path(platformdirs.user_cache_dir("guide_ray")) / "w_avg" / name
 
 
 @torch.no_grad()
@@ -71,17 +65,3 @@ def estimate_w_avg(mapping: torch.nn.Module, samples: int = W_AVG_SAMPLES, seed:
         z = torch.randn(min(batch, samples - start), 512, generator=gen)
         total += mapping(z).double().sum(0)
     return (total / samples).float()
-
-
-def load_or_estimate_w_avg(mapping: torch.nn.Module, mapping_bin: Path) -> torch.Tensor:
-    """w_avg from the cache beside the weights, estimated (and cached atomically) on first use."""
-    path = _w_avg_cache_path(mapping_bin)
-    if path.exists():
-        return torch.from_numpy(np.load(path))
-    log.info("estimating w_avg from %d mapping samples (once; cached at %s)", W_AVG_SAMPLES, path)
-    w_avg = estimate_w_avg(mapping)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as tmp:
-        np.save(tmp, w_avg.numpy())
-    os.replace(tmp.name, path)
-    return w_avg
