@@ -21,11 +21,9 @@ import torch
 
 from guide_ray import weights
 from guide_ray.core.config import load_config
+from guide_ray.core.evaluate import different_person_level
 from guide_ray.core.pipeline import IdentitySpec, Networks, SourceLatents, invert_identity, run_identity
-from guide_ray.images import load_image
 from guide_ray.models import load_generator
-from guide_ray.models.face_align import default_aligner
-from guide_ray.models.identity import cosine
 
 ROWS = [("baseline", "Baseline"), ("extrapolated", "+ extrapolated w_t"), ("adjacency", "+ L_adj"),
         ("guide", "+ L_global (GUIDE)")]
@@ -37,19 +35,6 @@ def identities(people: list[str], seeds: list[int]) -> list[IdentitySpec]:
     specs = [IdentitySpec(p, image=root / p / "assets" / "studio_portrait.jpg",
                           others=[root / p / "assets" / f"{o}.jpg" for o in OTHER_PHOTOS]) for p in people]
     return specs + [IdentitySpec(f"seed{s}", seed=s) for s in seeds]
-
-
-def different_person_level(metric_net) -> float:
-    """Mean metric similarity between different openpeople identities (studio portraits, native crops)."""
-    root, aligner = weights.directory("openpeople"), default_aligner()
-    embs = []
-    with torch.no_grad():
-        for person in sorted(p.name for p in root.iterdir() if p.is_dir()):
-            path = root / person / "assets" / "studio_portrait.jpg"
-            image = load_image(path)
-            embs.append(metric_net.embed_photo(image, aligner.face(image, str(path))))
-    sim = cosine(torch.cat(embs)[:, None], torch.cat(embs)[None]).numpy()
-    return float(sim[np.triu_indices(len(embs), 1)].mean())
 
 
 def cached_sources(generator, spec, cfg, nets, folder: Path) -> SourceLatents:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,15 @@ def generated_identity(metric_net, generator, ws: torch.Tensor) -> torch.Tensor:
 def identity_similarity(metric_net, g_s, g_u, ws: torch.Tensor) -> torch.Tensor:
     """[B] cos(metric(G_s(w)), metric(G_u(w))) for each latent (the paper's ID / ID_others)."""
     return cosine(generated_identity(metric_net, g_s, ws), generated_identity(metric_net, g_u, ws))
+
+
+@torch.no_grad()
+def generator_fingerprint(generator) -> str:
+    """A digest of the generator's weights: caches keyed by it never mix up G_s and a fine-tuned G."""
+    digest = hashlib.sha256(generator.name.encode())
+    for name, tensor in generator.state_dict().items():
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def default_fid_samples(device: torch.device) -> int:
@@ -63,3 +73,22 @@ def fid_scores(g_s, g_u, inception: InceptionFeatures, samples: int, seed: int, 
     after = generator_stats(g_u, inception, samples, seed, batch)
     delta = after.fid(real) - before.fid(real) if real is not None else None
     return FidResult(fid_pre=before.fid(after), delta_fid_real=delta, samples=samples)
+
+
+def different_person_level(metric_net) -> float:
+    """The metric's mean similarity between different people: openpeople's studio portraits,
+    every pair of identities. An erased identity's ID should fall below it."""
+    from .. import weights
+    from ..images import load_image
+    from ..models.face_align import default_aligner
+
+    root, aligner = weights.directory("openpeople"), default_aligner()
+    embeddings = []
+    with torch.no_grad():
+        for person in sorted(p.name for p in root.iterdir() if p.is_dir()):
+            path = root / person / "assets" / "studio_portrait.jpg"
+            image = load_image(path)
+            embeddings.append(metric_net.embed_photo(image, aligner.face(image, str(path))))
+    e = torch.cat(embeddings)
+    sim = cosine(e[:, None], e[None]).numpy()
+    return float(sim[np.triu_indices(len(e), 1)].mean())

@@ -24,7 +24,8 @@ from ..models import load_identity_net, load_perceptual
 from ..models.identity import cosine
 from .checkpoint import metadata_json, save_trainable
 from .config import GuideConfig, config_hash, to_dict
-from .evaluate import default_fid_samples, fid_scores, generated_identity, generator_stats, identity_similarity
+from .evaluate import (default_fid_samples, fid_scores, generated_identity, generator_fingerprint, generator_stats,
+                       identity_similarity)
 from .inversion import ProjectionResult, invert_photo, project, random_source
 from .ltu import unlearn
 from .ufo import whole_norm
@@ -199,6 +200,8 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
                out / "latents.pt")
     save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image), out / "grid.png")
+    first_step = resume["step"] if resume else 0  # a resumed run's history starts where it resumed
+    write_json(out / "losses.json", [{"step": first_step + i, **h} for i, h in enumerate(ltu.history)])
     times["total_s"] = time.perf_counter() - t_start
     scale = ltu.distance_scale
     result = {
@@ -245,7 +248,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
             metrics["inversion_id"] = float(torch.nn.functional.cosine_similarity(
                 source_id, generated_identity(nets.id_metric, g_s, w_u)))
     samples = ev.fid_samples or default_fid_samples(nets.device)
-    key = (g_s.name, samples, ev.fid_seed)
+    key = (generator_fingerprint(g_s), samples, ev.fid_seed)
     if key not in nets.fid_cache:
         nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
     real = None

@@ -1,0 +1,121 @@
+"""MLflow for fleets: the only module that talks to MLflow.
+
+A fleet is a parent run; each identity a nested run (tag ``mlflow.parentRunId``) with the resolved
+config as params, ID / ID_others / re-inversion ID / FID_pre and the losses over iterations as
+metrics, the grid, result.json and the checkpoint as artifacts. Logging is idempotent: a rerun
+finds the parent by its fleet key and skips identities whose finished run is already there, so a
+resumed fleet never duplicates a record.
+
+The default store is a SQLite file with local artifacts beside it; any tracking URI works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "guide_ray-fleet"
+METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "id_target", "fid_pre", "delta_fid_real")
+MAX_CHECKPOINT_ARTIFACT_MB = 200  # larger checkpoints are logged as a pointer (tag checkpoint_uri)
+_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+
+
+def default_uri(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+class FleetTracker:
+    def __init__(self, uri: str, artifact_root: Path | None = None, experiment: str = EXPERIMENT):
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+
+    def _find(self, tags: dict[str, str]) -> list:
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10)
+
+    def fleet_run(self, fleet_key: str, name: str, params: dict, tags: dict[str, str]) -> str:
+        """The fleet's parent run: found by its key when resuming, else created."""
+        for run in self._find({"fleet_key": fleet_key, "kind": "fleet"}):
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"fleet_key": fleet_key, "kind": "fleet", **tags})
+        self._params(run.info.run_id, params)
+        return run.info.run_id
+
+    def _params(self, run_id: str, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[i:i + _BATCH])
+
+    def identity_run(self, parent_id: str, fleet_key: str, result: dict, run_dir: Path,
+                     tags: dict[str, str]) -> str:
+        """One nested run per identity with its config, metrics, loss curves and files (idempotent)."""
+        identity = result["id"]
+        for run in self._find({"fleet_key": fleet_key, "identity": identity, "kind": "identity"}):
+            if run.info.status == "FINISHED":
+                return run.info.run_id
+            self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
+        failed = result.get("status") not in ("finished",)
+        run = self.client.create_run(
+            self.experiment_id, run_name=identity,
+            tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key, "identity": identity,
+                  "kind": "identity", "status": result.get("status", "failed"), **tags,
+                  **({"error": str(result.get("error") or result.get("message") or "")[:5000]} if failed else {})})
+        run_id = run.info.run_id
+        if "config" in result:
+            self._params(run_id, result["config"])
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.get("metrics", {}).items()
+                   if k in METRICS and v is not None]
+        metrics += [Metric(f"time_{k}", float(v), now, 0) for k, v in result.get("timings", {}).items() if v is not None]
+        losses = run_dir / "losses.json"
+        if losses.exists():
+            for row in json.loads(losses.read_text()):
+                metrics += [Metric(f"loss_{k}", float(v), now, int(row["step"])) for k, v in row.items() if k != "step"]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        for name in ("grid.png", "result.json", "losses.json"):
+            if (run_dir / name).exists():
+                self.client.log_artifact(run_id, str(run_dir / name))
+        checkpoint = run_dir / "checkpoint.safetensors"
+        if checkpoint.exists():
+            if checkpoint.stat().st_size <= MAX_CHECKPOINT_ARTIFACT_MB * 1e6:
+                self.client.log_artifact(run_id, str(checkpoint))
+            self.client.set_tag(run_id, "checkpoint_uri", checkpoint.resolve().as_uri())
+        self.client.set_terminated(run_id, status="FINISHED" if not failed else "FAILED")
+        return run_id
+
+    def fleet_step(self, parent_id: str, step: int, values: dict[str, float]) -> None:
+        """Sequential mode: what was measured after step ``step`` (ID of earlier identities, FID_pre)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def finish(self, parent_id: str, ok: bool, summary: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
+                              tags=[RunTag("outcome", "all finished" if ok else "some failed")])
+        self.client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))

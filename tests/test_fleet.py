@@ -1,0 +1,252 @@
+"""The fleet on a real local Ray cluster (`ray start --head` on loopback, `ray job submit`), its
+ledger and MLflow records, chaos (a worker SIGKILLed, the driver killed and resumed), the
+sequential mode's erosion measures on the real DCGAN, and the CSV validation."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from guide_ray import fleet, weights
+from guide_ray.core.evaluate import different_person_level
+from guide_ray.models import load_identity_net
+from guide_ray.models.dcgan import _dcgan_net
+from tests.conftest import require_weights
+
+REPO = Path(__file__).resolve().parents[1]
+NETS = ("stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "fid-inception", "openpeople")
+QUICK = ["iterations=6", "checkpoint_every=2", "evaluation.fid_samples=16", "evaluation.fid_batch=8",
+         "inversion.steps=4", "latent_pool=4"]
+PORTRAIT = "weights://openpeople/{}/assets/studio_portrait.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory) -> Path:
+    """A DCGAN checkpoint with 8-d latents and 4 base channels (random weights): fast on CPU."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gen") / "tiny_dcgan.pt"
+    torch.save({"netG_state_dict": {f"main.{k}": v for k, v in _dcgan_net(8, 4, 3).state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real Ray head on loopback with its job server; its processes find this venv's python."""
+    require_weights(*NETS)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GUIDE_RAY_CACHE": str(weights.cache_dir()), "RAY_USAGE_STATS_ENABLED": "0"}
+    port, dash = free_port(), free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--disable-usage-stats"], env=env, check=True, capture_output=True,
+                   timeout=180)
+    try:
+        yield {"env": env, "gcs": f"127.0.0.1:{port}", "jobs": f"http://127.0.0.1:{dash}", "ray": ray_bin}
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("id,image,seed,others\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def submit(cluster, args: list[str], wait: bool = True) -> subprocess.CompletedProcess | str:
+    cmd = [cluster["ray"], "job", "submit", "--address", cluster["jobs"], "--working-dir", str(REPO)]
+    if not wait:
+        out = subprocess.run(cmd + ["--no-wait", "--", "python", "-m", "guide_ray.fleet", *args],
+                             env=cluster["env"], capture_output=True, text=True, timeout=300, check=True)
+        return next(w for line in out.stdout.splitlines() for w in line.split() if w.startswith("raysubmit_"))
+    return subprocess.run(cmd + ["--", "python", "-m", "guide_ray.fleet", *args], env=cluster["env"],
+                          capture_output=True, text=True, timeout=900)
+
+
+def ledger_rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "ledger.parquet").to_pylist()
+
+
+def mlflow_identity_runs(out: Path, fleet_key: str) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("guide_ray-fleet")
+    return client.search_runs([exp.experiment_id], f"tags.fleet_key = '{fleet_key}' and tags.kind = 'identity'",
+                              max_results=100)
+
+
+def check_records(out: Path, ids: list[str], mode: str) -> dict[str, dict]:
+    """Exactly one finished ledger row and one finished MLflow run, with metrics and files, per identity."""
+    rows = [r for r in ledger_rows(out) if r["mode"] == mode]
+    assert sorted(r["id"] for r in rows) == sorted(ids)  # no duplicates, nothing lost
+    assert all(r["status"] == "finished" and math.isfinite(r["metric_id"]) for r in rows), rows
+    fleet_key = rows[0]["fleet_key"]
+    runs = mlflow_identity_runs(out, fleet_key)
+    assert sorted(r.data.tags["identity"] for r in runs) == sorted(ids)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {"id", "fid_pre", "reinversion_id"} <= set(run.data.metrics)
+        assert run.data.tags["mlflow.parentRunId"]
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"grid.png", "result.json", "checkpoint.safetensors"} <= files
+        losses = client.get_metric_history(run.info.run_id, "loss_total")
+        assert len(losses) >= 1
+    return {r["id"]: r for r in rows}
+
+
+def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp_path):
+    people = ["P001", "P002"]
+    ids = write_csv(tmp_path / "ids.csv", [f"{p},{PORTRAIT.format(p)},," for p in people] + ["s1,,1,", "s2,,2,"])
+    out = tmp_path / "out"
+    for mode in ("parallel", "sequential"):
+        done = submit(cluster, [str(ids), "--mode", mode, "--generator", str(tiny_generator), "--out", str(out),
+                                "--no-progress", *[a for s in QUICK for a in ("--set", s)]])
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        rows = check_records(out, people + ["s1", "s2"], mode)
+    # sequential: after the last step every identity's ID was re-measured on the final generator
+    assert all(r["id_now_after"] == "s2" and math.isfinite(r["id_now"]) for r in rows.values())
+    assert [rows[i]["step"] for i in people + ["s1", "s2"]] == [0, 1, 2, 3]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    end = time.time() + timeout
+    while time.time() < end:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_chaos_worker_killed_and_driver_killed(cluster, tiny_generator, tmp_path):
+    ids = write_csv(tmp_path / "ids.csv", [f"s{i},,{i}," for i in range(4)])
+    sets = [a for s in QUICK + ["iterations=60", "evaluation.reinversion=false"] for a in ("--set", s)]
+    # 1. SIGKILL the worker actor's process while it unlearns an identity: Ray restarts it, retries the identity.
+    out = tmp_path / "out"
+    job = submit(cluster, [str(ids), "--generator", str(tiny_generator), "--out", str(out), "--no-progress", *sets],
+                 wait=False)
+
+    def running():
+        return [p for p in out.glob("runs/*/*/worker.pid") if not (p.parent / "result.json").exists()]
+
+    victim = wait_for(running, 300, "an identity to start")[0]
+    time.sleep(1.0)
+    killed = int(victim.read_text())
+    os.kill(killed, signal.SIGKILL)
+    status = wait_for(lambda: _job_status(cluster, job) in ("SUCCEEDED", "FAILED", "STOPPED") and
+                      _job_status(cluster, job), 600, "the fleet job to end")
+    assert status == "SUCCEEDED", _job_logs(cluster, job)[-4000:]
+    rows = check_records(out, ["s0", "s1", "s2", "s3"], "parallel")
+    assert int(victim.read_text()) != killed  # the identity was finished by a restarted worker
+    assert all(r["attempt"] == 1 for r in rows.values())
+
+    # 2. SIGKILL the driver mid-fleet, rerun with --resume: only the unfinished identities run.
+    out2 = tmp_path / "out2"
+    env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
+    cmd = [sys.executable, "-m", "guide_ray.fleet", str(ids), "--generator", str(tiny_generator), "--out", str(out2),
+           "--no-progress", *sets]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (out2 / "ledger.parquet").exists(), 300, "a first finished identity")
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    first = {r["id"]: r for r in ledger_rows(out2)}
+    stamps = {i: (out2 / "runs" / r["fleet_key"] / i / "result.json").stat().st_mtime_ns for i, r in first.items()}
+    resumed = subprocess.run([sys.executable, "-m", "guide_ray.fleet", str(ids), "--out", str(out2), "--resume",
+                              "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(first)} identities already finished, {4 - len(first)} to run" in resumed.stderr
+    rows = check_records(out2, ["s0", "s1", "s2", "s3"], "parallel")
+    for i, stamp in stamps.items():  # finished identities were not run again
+        assert (Path(rows[i]["run_dir"]) / "result.json").stat().st_mtime_ns == stamp
+        assert rows[i]["attempt"] == 1
+
+
+def _job_status(cluster, job: str) -> str:
+    out = subprocess.run([cluster["ray"], "job", "status", "--address", cluster["jobs"], job], env=cluster["env"],
+                         capture_output=True, text=True, timeout=60).stdout
+    return next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in out), "UNKNOWN")
+
+
+def _job_logs(cluster, job: str) -> str:
+    return subprocess.run([cluster["ray"], "job", "logs", "--address", cluster["jobs"], job], env=cluster["env"],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def test_a_failing_identity_is_recorded_and_the_others_go_on(tiny_generator, tmp_path):
+    require_weights(*NETS)
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(tmp_path / "wall.png")
+    ids = write_csv(tmp_path / "ids.csv", ["wall,wall.png,,", "s5,,5,"])
+    out = tmp_path / "out"
+    code = fleet.main([str(ids), "--generator", str(tiny_generator), "--out", str(out), "--no-progress",
+                       *[a for s in QUICK for a in ("--set", s)]])
+    assert code == 1  # not all succeeded
+    rows = {r["id"]: r for r in ledger_rows(out)}
+    assert rows["s5"]["status"] == "finished"
+    assert rows["wall"]["status"] == "failed" and "no face" in rows["wall"]["error"] and "wall.png" in rows["wall"]["error"]
+    (run,) = [r for r in mlflow_identity_runs(out, rows["wall"]["fleet_key"]) if r.data.tags["identity"] == "wall"]
+    assert run.info.status == "FAILED" and "no face" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("", "is empty"),
+    ("name,photo\nP1,a.jpg\n", "wrong header"),
+    ("id,image,seed,others\na,,1,\na,,2,\nb,,3,\n", "line 3 (a): duplicate id 'a' (first on line 2)"),
+    ("id,image,seed,others\na,missing.jpg,,\nb,,,\nc,notes.txt,,\nd,,4,folder\n", None),
+])
+def test_bad_csvs_are_reported_in_one_message_before_any_work(tmp_path, capsys, content, expected):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "folder").mkdir()
+    ids = tmp_path / "ids.csv"
+    ids.write_text(content)
+    out = tmp_path / "out"
+    assert fleet.main([str(ids), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    if expected:
+        assert expected in err
+    else:  # every bad row, each with its line number, in one report
+        for line, reason in [(2, "missing.jpg: file not found"), (3, "give exactly one of image and seed"),
+                             (4, "notes.txt"), (5, "folder: not a file")]:
+            assert f"line {line} " in err and reason in err, (line, err)
+        assert "4 bad row(s)" in err
+    assert not out.exists()  # nothing started
+    assert fleet.main([str(tmp_path), "--out", str(out)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_sequential_erasures_stay_erased_on_the_real_dcgan(tmp_path):
+    """Three identities erased one after another from dcgan-digiface64: after the last step, every
+    earlier identity's ID (original vs final generator) is below FaceNet's different-person level."""
+    require_weights("dcgan-digiface64", *NETS)
+    ids = write_csv(tmp_path / "ids.csv", ["s11,,11,", "s12,,12,", "s13,,13,"])
+    out = tmp_path / "out"
+    sets = ["iterations=150", "lr=1e-3", "evaluation.fid_samples=64", "evaluation.reinversion=false", "latent_pool=16"]
+    code = fleet.main([str(ids), "--mode", "sequential", "--generator", "dcgan-digiface64", "--out", str(out),
+                       "--no-progress", *[a for s in sets for a in ("--set", s)]])
+    assert code == 0
+    rows = {r["id"]: r for r in ledger_rows(out)}
+    level = different_person_level(load_identity_net("facenet-vggface2", "cpu"))
+    for ident in ("s11", "s12", "s13"):
+        assert rows[ident]["id_now_after"] == "s13"
+        assert rows[ident]["id_now"] < level, (ident, rows[ident]["id_now"], level)
+    final = json.loads((Path(rows["s13"]["run_dir"]).parent / "final.json").read_text())
+    assert final["after"] == "s13" and math.isfinite(final["erosion"]["fid_pre_vs_original"])
+
