@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ORACLE ?= .venv-oracle
 OUT ?= outputs/demo
 
-.PHONY: demo test install dev weights clean
+.PHONY: demo ui test install dev weights clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,15 @@ dev: $(VENV)/.dev-installed
 weights: $(VENV)/.installed
 	$(BIN)/python -m guide_ray weights pull
 
+# The main job: a fleet of identities (jobs/demo/ids.csv) on an embedded Ray, tracked in MLflow.
 demo: weights
-	$(BIN)/python -m guide_ray sample --generator mobilestylegan-ffhq1024 --seeds 0-7 --truncation 0.7 --out $(OUT)
+	$(BIN)/python -m guide_ray.fleet jobs/demo/ids.csv --generator dcgan-digiface64 \
+		--config jobs/configs/demo-cpu.yaml --out $(OUT)
+	@echo "MLflow UI: make ui   (then open http://127.0.0.1:5000)"
+
+# The MLflow UI on the demo's store (OUT=... for another fleet's out dir).
+ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port 5000
 
 test: dev weights $(ORACLE)/.installed
 	GUIDE_RAY_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(BIN)/python -m pytest

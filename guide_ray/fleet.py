@@ -20,6 +20,7 @@ import copy
 import csv
 import json
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from .core.pipeline import IdentitySpec, write_json
 from .images import ImageError, load_image
 
 COLUMNS = ("id", "image", "seed", "others")
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 WEIGHTS_PREFIX = "weights://"  # weights://openpeople/P001/assets/studio_portrait.jpg: a file of a pulled weight
 
 
@@ -93,6 +95,8 @@ def read_ids(path: str | Path, skip_invalid: bool = False) -> tuple[list[Identit
         ident, image, seed = row.get("id", ""), row.get("image", ""), row.get("seed", "")
         if not ident:
             errs.append("empty id")
+        elif not SAFE_ID.fullmatch(ident):
+            errs.append(f"id {ident!r} must be letters, digits, '.', '_' or '-' (it names a folder and a run)")
         elif ident in seen:
             errs.append(f"duplicate id {ident!r} (first on line {seen[ident]})")
         else:

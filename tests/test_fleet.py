@@ -210,6 +210,7 @@ def test_a_failing_identity_is_recorded_and_the_others_go_on(tiny_generator, tmp
     ("", "is empty"),
     ("name,photo\nP1,a.jpg\n", "wrong header"),
     ("id,image,seed,others\na,,1,\na,,2,\nb,,3,\n", "line 3 (a): duplicate id 'a' (first on line 2)"),
+    ("id,seed\n../up,1\n", "id '../up' must be letters"),
     ("id,image,seed,others\na,missing.jpg,,\nb,,,\nc,notes.txt,,\nd,,4,folder\n", None),
 ])
 def test_bad_csvs_are_reported_in_one_message_before_any_work(tmp_path, capsys, content, expected):
