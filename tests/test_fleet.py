@@ -140,7 +140,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_chaos_worker_killed_and_driver_killed(cluster, tiny_generator, tmp_path):
     ids = write_csv(tmp_path / "ids.csv", [f"s{i},,{i}," for i in range(4)])
-    sets = [a for s in QUICK + ["iterations=60", "evaluation.reinversion=false"] for a in ("--set", s)]
+    sets = [a for s in QUICK + ["iterations=30", "evaluation.reinversion=false"] for a in ("--set", s)]
     # 1. SIGKILL the worker actor's process while it unlearns an identity: Ray restarts it, retries the identity.
     out = tmp_path / "out"
     job = submit(cluster, [str(ids), "--generator", str(tiny_generator), "--out", str(out), "--no-progress", *sets],
