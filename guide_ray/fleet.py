@@ -268,7 +268,8 @@ class Fleet:
     """The driver: schedules identities on Ray actors, records each result in the ledger and MLflow."""
 
     def __init__(self, specs: list[IdentitySpec], cfg: GuideConfig, generator: str, mode: str, out: Path,
-                 tracking_uri: str | None, workers: int | None, gpus_per_worker: float, show_progress: bool = True):
+                 tracking_uri: str | None, workers: int | None, gpus_per_worker: float, show_progress: bool = True,
+                 ray_address: str | None = None):
         from .tracking import FleetTracker, default_uri
 
         self.specs, self.cfg, self.generator, self.mode = specs, cfg, generator, mode
@@ -279,6 +280,7 @@ class Fleet:
         self.ledger = Ledger(self.out / "ledger.parquet")
         self.tracker = FleetTracker(tracking_uri or default_uri(self.out), self.out / "mlartifacts")
         self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
+        self.ray_address = ray_address
         self.parent = self.tracker.fleet_run(
             self.fleet_key, f"fleet {mode} {self.fleet_key}",
             {"mode": mode, "generator": generator, "identities": len(specs), "config": to_dict(cfg)},
@@ -338,12 +340,18 @@ class Fleet:
                       f"{_fmt(row.get('metric_fid_pre'), '.2f')}" + (f"  ({row['error']})" if row.get("error") else ""))
 
         if todo:
-            if not ray.is_initialized():
-                ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
-            if self.mode == "parallel":
-                self._parallel(todo, previous, counts, note, bar)
-            else:
-                self._sequential(previous, counts, note, bar)
+            started = not ray.is_initialized()
+            if started:  # address None: RAY_ADDRESS, else a running local cluster, else a new embedded one
+                ray.init(address=self.ray_address, **({"include_dashboard": False} if self.ray_address == "local"
+                                                       else {}))
+            try:
+                if self.mode == "parallel":
+                    self._parallel(todo, previous, counts, note, bar)
+                else:
+                    self._sequential(previous, counts, note, bar)
+            finally:
+                if started:
+                    ray.shutdown()
         bar.close()
         rows = self.ledger.fleet(self.fleet_key)
         ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)
@@ -429,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="rerun the fleet saved in OUT/fleet.json "
                    "(same mode, generator and config); finished identities are skipped")
     p.add_argument("--skip-invalid", action="store_true", help="run the good rows of a CSV with bad ones")
+    p.add_argument("--ray-address", help="a Ray cluster (default: RAY_ADDRESS, else a running local cluster, "
+                   "else an embedded one); 'local' always starts an embedded one")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -453,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "ids": str(Path(args.ids).resolve())})
     try:
         fleet = Fleet(specs, cfg, generator, mode, out, args.tracking_uri, args.workers, args.gpus_per_worker,
-                      show_progress=not args.no_progress)
+                      show_progress=not args.no_progress, ray_address=args.ray_address)
         return fleet.run()
     except FleetError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -205,7 +205,7 @@ def test_a_failing_identity_is_recorded_and_the_others_go_on(tiny_generator, tmp
     ids = write_csv(tmp_path / "ids.csv", ["wall,wall.png,,", "s5,,5,"])
     out = tmp_path / "out"
     code = fleet.main([str(ids), "--generator", str(tiny_generator), "--out", str(out), "--no-progress",
-                       *[a for s in QUICK for a in ("--set", s)]])
+                       "--ray-address", "local", *[a for s in QUICK for a in ("--set", s)]])
     assert code == 1  # not all succeeded
     rows = {r["id"]: r for r in ledger_rows(out)}
     assert rows["s5"]["status"] == "finished"
@@ -247,9 +247,9 @@ def test_sequential_erasures_stay_erased_on_the_real_dcgan(tmp_path):
     require_weights("dcgan-digiface64", *NETS)
     ids = write_csv(tmp_path / "ids.csv", ["s11,,11,", "s12,,12,", "s13,,13,"])
     out = tmp_path / "out"
-    sets = ["iterations=150", "lr=1e-3", "evaluation.fid_samples=64", "evaluation.reinversion=false", "latent_pool=16"]
+    sets = ["iterations=150", "lr=1e-3", "evaluation.fid_samples=32", "evaluation.reinversion=false", "latent_pool=16"]
     code = fleet.main([str(ids), "--mode", "sequential", "--generator", "dcgan-digiface64", "--out", str(out),
-                       "--no-progress", *[a for s in sets for a in ("--set", s)]])
+                       "--no-progress", "--ray-address", "local", *[a for s in sets for a in ("--set", s)]])
     assert code == 0
     rows = {r["id"]: r for r in ledger_rows(out)}
     level = different_person_level(load_identity_net("facenet-vggface2", "cpu"))
