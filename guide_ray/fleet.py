@@ -212,8 +212,8 @@ class IdentityWorker:
     def _erosion(self, erased: list[tuple[str, str]]) -> dict:
         import torch
 
-        from .core.evaluate import default_fid_samples, fid_scores, generator_fingerprint, generator_stats
-        from .core.evaluate import identity_similarity
+        from .core.evaluate import (default_fid_samples, fid_scores, generator_fingerprint, generator_stats,
+                                    identity_similarity)
 
         ids = {}
         for ident, latents in erased:

@@ -79,7 +79,7 @@ class FleetTracker:
             if run.info.status == "FINISHED":
                 return run.info.run_id
             self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
-        failed = result.get("status") not in ("finished",)
+        failed = result.get("status") != "finished"
         run = self.client.create_run(
             self.experiment_id, run_name=identity,
             tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key, "identity": identity,
