@@ -270,7 +270,7 @@ class Fleet:
     def __init__(self, specs: list[IdentitySpec], cfg: GuideConfig, generator: str, mode: str, out: Path,
                  tracking_uri: str | None, workers: int | None, gpus_per_worker: float, show_progress: bool = True,
                  ray_address: str | None = None):
-        from .tracking import FleetTracker, default_uri
+        from .tracking import Tracker, default_uri
 
         self.specs, self.cfg, self.generator, self.mode = specs, cfg, generator, mode
         self.out = Path(out).resolve()
@@ -278,11 +278,11 @@ class Fleet:
         self.fleet_key = f"{mode}-{Path(generator).name}-{self.cfg_hash}"
         self.runs = self.out / "runs" / self.fleet_key
         self.ledger = Ledger(self.out / "ledger.parquet")
-        self.tracker = FleetTracker(tracking_uri or default_uri(self.out), self.out / "mlartifacts")
+        self.tracker = Tracker(tracking_uri or default_uri(self.out), self.out / "mlartifacts")
         self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
         self.ray_address = ray_address
-        self.parent = self.tracker.fleet_run(
-            self.fleet_key, f"fleet {mode} {self.fleet_key}",
+        self.parent = self.tracker.parent_run(
+            "fleet", self.fleet_key, f"fleet {mode} {self.fleet_key}",
             {"mode": mode, "generator": generator, "identities": len(specs), "config": to_dict(cfg)},
             {"mode": mode, "generator": Path(generator).name})
 

@@ -1,6 +1,6 @@
-"""MLflow for fleets: the only module that talks to MLflow.
+"""MLflow for fleets and sweeps: the only module that talks to MLflow.
 
-A fleet is a parent run; each identity a nested run (tag ``mlflow.parentRunId``) with the resolved
+A fleet (or a sweep) is a parent run; each identity (or trial) a nested run (tag ``mlflow.parentRunId``) with the resolved
 config as params, ID / ID_others / re-inversion ID / FID_pre and the losses over iterations as
 metrics, the grid, result.json and the checkpoint as artifacts. Logging is idempotent: a rerun
 finds the parent by its fleet key and skips identities whose finished run is already there, so a
@@ -41,7 +41,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-class FleetTracker:
+class Tracker:
     def __init__(self, uri: str, artifact_root: Path | None = None, experiment: str = EXPERIMENT):
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
@@ -56,13 +56,14 @@ class FleetTracker:
         query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10)
 
-    def fleet_run(self, fleet_key: str, name: str, params: dict, tags: dict[str, str]) -> str:
-        """The fleet's parent run: found by its key when resuming, else created."""
-        for run in self._find({"fleet_key": fleet_key, "kind": "fleet"}):
-            self.client.update_run(run.info.run_id, status="RUNNING")
+    def parent_run(self, kind: str, key: str, name: str, params: dict, tags: dict[str, str]) -> str:
+        """A fleet's or sweep's (``kind``) parent run: found by its key (tag KIND_key) when resuming,
+        else created."""
+        for run in self._find({f"{kind}_key": key, "kind": kind}):
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"fleet_key": fleet_key, "kind": "fleet", **tags})
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={f"{kind}_key": key, "kind": kind, **tags})
         self._params(run.info.run_id, params)
         return run.info.run_id
 
@@ -114,8 +115,30 @@ class FleetTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
-    def finish(self, parent_id: str, ok: bool, summary: dict[str, float]) -> None:
+    def trial_run(self, parent_id: str, sweep_key: str, trial_id: str, params: dict, result: dict,
+                  status: str) -> str:
+        """One nested run per sweep trial: its sampled params and its last report (idempotent)."""
+        for run in self._find({"sweep_key": sweep_key, "trial_id": trial_id, "kind": "trial"}):
+            if run.info.status != "RUNNING":
+                return run.info.run_id
+            self.client.delete_run(run.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name=trial_id,
+                                     tags={"mlflow.parentRunId": parent_id, "sweep_key": sweep_key,
+                                           "trial_id": trial_id, "kind": "trial", "status": status})
+        self._params(run.info.run_id, params)
         now = int(time.time() * 1000)
+        step = int(result.get("training_iteration") or 0)
+        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
+        self.client.set_terminated(run.info.run_id, status="FAILED" if status == "error" else "FINISHED")
+        return run.info.run_id
+
+    def finish(self, parent_id: str, ok: bool, summary: dict[str, float], files: list[Path] = ()) -> None:
+        now = int(time.time() * 1000)
+        for path in files:
+            self.client.log_artifact(parent_id, str(path))
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
                               tags=[RunTag("outcome", "all finished" if ok else "some failed")])
         self.client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))

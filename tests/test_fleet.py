@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,57 +14,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 from PIL import Image
 
-from guide_ray import fleet, weights
+from guide_ray import fleet
 from guide_ray.core.evaluate import different_person_level
 from guide_ray.models import load_identity_net
-from guide_ray.models.dcgan import _dcgan_net
-from tests.conftest import require_weights
+from tests.conftest import NETS, require_weights, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-NETS = ("stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "fid-inception", "openpeople")
 QUICK = ["iterations=6", "checkpoint_every=2", "evaluation.fid_samples=16", "evaluation.fid_batch=8",
          "inversion.steps=4", "latent_pool=4"]
 PORTRAIT = "weights://openpeople/{}/assets/studio_portrait.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory) -> Path:
-    """A DCGAN checkpoint with 8-d latents and 4 base channels (random weights): fast on CPU."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gen") / "tiny_dcgan.pt"
-    torch.save({"netG_state_dict": {f"main.{k}": v for k, v in _dcgan_net(8, 4, 3).state_dict().items()}}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A real Ray head on loopback with its job server; its processes find this venv's python."""
-    require_weights(*NETS)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "GUIDE_RAY_CACHE": str(weights.cache_dir()), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}  # a loopback test cluster
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # for the job client in this process too
-    port, dash = free_port(), free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--disable-usage-stats"], env=env, check=True, capture_output=True,
-                   timeout=180)
-    try:
-        yield {"env": env, "gcs": f"127.0.0.1:{port}", "jobs": f"http://127.0.0.1:{dash}", "ray": ray_bin}
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 def write_csv(path: Path, rows: list[str]) -> Path:
@@ -126,16 +87,6 @@ def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp
     # sequential: after the last step every identity's ID was re-measured on the final generator
     assert all(r["id_now_after"] == "s2" and math.isfinite(r["id_now"]) for r in rows.values())
     assert [rows[i]["step"] for i in people + ["s1", "s2"]] == [0, 1, 2, 3]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_chaos_worker_killed_and_driver_killed(cluster, tiny_generator, tmp_path):

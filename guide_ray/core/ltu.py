@@ -227,75 +227,99 @@ def trainable_state(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, t
     return {n: p.detach().clone() for n, p in params}
 
 
-def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, *,
-            loop: str = "optimised", progress: Callable[[int, dict], None] | None = None,
-            on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> LTUResult:
-    """Run LTU on ``generator`` in place (it becomes G_u); G_s is kept as a frozen copy.
+class Unlearning:
+    """One LTU run on ``generator`` in place (it becomes G_u), advanced in steps: ``advance(n)``
+    runs up to step n, ``finish()`` returns the result. G_s is kept as a frozen copy.
 
     ``on_checkpoint(state)`` receives, every ``checkpoint_every`` steps and at the end, a dict
     with the step, the trainable tensors, the optimiser and sampler states; passing such a dict as
     ``resume`` continues the run exactly. A non-finite loss stops the run and restores the last
     checkpointed weights (status "diverged").
     """
-    if loop not in ("optimised", "straightforward"):
-        raise ValueError(f"loop must be 'optimised' or 'straightforward', not {loop!r}")
-    torch.manual_seed(cfg.seed)
-    params = select_trainable(generator, cfg.trainable)
-    problem = Problem(generator, w_u, cfg, id_net, perceptual)
-    optimizer = torch.optim.Adam([p for _, p in params], lr=cfg.lr)
-    start = 0
-    if resume is not None:
-        with torch.no_grad():
-            for name, p in params:
-                p.copy_(resume["trainable"][name])
-        optimizer.load_state_dict(resume["optimizer"])
-        problem.sampler.rng.set_state(resume["sampler_rng"])
-        start = resume["step"]
-    if loop == "optimised":
-        problem.fill_pool()
-    step_fn = problem.step_optimised if loop == "optimised" else problem.step_straightforward
-    good = trainable_state(params)
-    good_step, history, status, message = start, [], "finished", ""
-    t0 = time.perf_counter()
 
-    def checkpoint(step: int) -> None:
-        if on_checkpoint is not None:
-            on_checkpoint({"step": step, "trainable": trainable_state(params),
-                           "optimizer": copy.deepcopy(optimizer.state_dict()),
-                           "sampler_rng": problem.sampler.rng.get_state()})
-
-    generator.train()
-    step = start
-    for step in range(start, cfg.iterations):
-        losses = step_fn(problem.sampler.draw())
-        total = losses["total"]
-        if not torch.isfinite(total):
+    def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, *,
+                 loop: str = "optimised", progress: Callable[[int, dict], None] | None = None,
+                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None):
+        if loop not in ("optimised", "straightforward"):
+            raise ValueError(f"loop must be 'optimised' or 'straightforward', not {loop!r}")
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.generator, self.progress, self.on_checkpoint = cfg, generator, progress, on_checkpoint
+        self.params = select_trainable(generator, cfg.trainable)
+        self.problem = Problem(generator, w_u, cfg, id_net, perceptual)
+        self.optimizer = torch.optim.Adam([p for _, p in self.params], lr=cfg.lr)
+        self.start = 0
+        if resume is not None:
             with torch.no_grad():
-                for name, p in params:
-                    p.copy_(good[name])
-            status = "diverged"
-            message = (f"the loss became {total.item()} at step {step}; stopped and kept the weights of "
-                       f"step {good_step} (the last good checkpoint)")
-            break
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        history.append(losses.floats())
-        if progress is not None:
-            progress(step, history[-1])
-        if (step + 1) % cfg.checkpoint_every == 0:
-            good, good_step = trainable_state(params), step + 1
-            checkpoint(step + 1)
-    else:
-        step = cfg.iterations
-    generator.eval()
-    if status == "finished":
-        checkpoint(step)
-    seconds = time.perf_counter() - t0
-    for _, p in params:
-        p.grad = None
-    return LTUResult(w_t=problem.w_t, distance_scale=problem.distance_scale, status=status, message=message, steps_run=step - start,
-                     seconds=seconds, history=history, trainable=[n for n, _ in params], g_s=problem.g_s)
+                for name, p in self.params:
+                    p.copy_(resume["trainable"][name])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.problem.sampler.rng.set_state(resume["sampler_rng"])
+            self.start = resume["step"]
+        if loop == "optimised":
+            self.problem.fill_pool()
+        self.step_fn = self.problem.step_optimised if loop == "optimised" else self.problem.step_straightforward
+        self.good, self.good_step = trainable_state(self.params), self.start
+        self.step, self.history, self.status, self.message = self.start, [], "running", ""
+        self.seconds = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+    def _checkpoint(self) -> None:
+        if self.on_checkpoint is not None:
+            self.on_checkpoint({"step": self.step, "trainable": trainable_state(self.params),
+                                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                                "sampler_rng": self.problem.sampler.rng.get_state()})
+
+    def advance(self, until: int) -> None:
+        """Run steps up to ``until`` (at most ``iterations``); the generator is in eval mode after."""
+        until, t0 = min(until, self.cfg.iterations), time.perf_counter()
+        self.generator.train()
+        while not self.done and self.step < until:
+            losses = self.step_fn(self.problem.sampler.draw())
+            total = losses["total"]
+            if not torch.isfinite(total):
+                with torch.no_grad():
+                    for name, p in self.params:
+                        p.copy_(self.good[name])
+                self.status = "diverged"
+                self.message = (f"the loss became {total.item()} at step {self.step}; stopped and kept the weights "
+                                f"of step {self.good_step} (the last good checkpoint)")
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.history.append(losses.floats())
+            if self.progress is not None:
+                self.progress(self.step, self.history[-1])
+            self.step += 1
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.good, self.good_step = trainable_state(self.params), self.step
+                self._checkpoint()
+        if self.step == self.cfg.iterations and not self.done:
+            self.status = "finished"
+            self._checkpoint()
+        self.generator.eval()
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> LTUResult:
+        """The result; a run stopped before ``iterations`` counts as finished at its last step."""
+        if self.status == "running":
+            self.status = "finished"
+            self._checkpoint()
+        for _, p in self.params:
+            p.grad = None
+        return LTUResult(w_t=self.problem.w_t, distance_scale=self.problem.distance_scale, status=self.status,
+                         message=self.message, steps_run=self.step - self.start, seconds=self.seconds,
+                         history=self.history, trainable=[n for n, _ in self.params], g_s=self.problem.g_s)
+
+
+def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, **kwargs) -> LTUResult:
+    """Run LTU to ``cfg.iterations`` (see Unlearning for the keyword arguments)."""
+    run = Unlearning(generator, w_u, cfg, id_net, perceptual, **kwargs)
+    run.advance(cfg.iterations)
+    return run.finish()
 
 
 def seconds_per_iteration(result: LTUResult) -> float:
