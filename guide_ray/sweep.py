@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from .core.config import ConfigError, GuideConfig, load_config, to_dict
+from .core.config import ConfigError, GuideConfig, from_dict, load_config, to_dict, validate
 
 SEARCHABLE = ("d", "alpha_max", "lambda_l2", "lambda_per", "lambda_id", "lambda_adj", "lambda_global", "lr",
               "iterations")
@@ -80,8 +80,8 @@ class Sweep:
     generator: str
     ids: Path
     space: dict[str, Param]
+    base: dict  # the resolved configuration every trial starts from (defaults, base_config, set)
     base_config: Path | None = None
-    set: dict = field(default_factory=dict)  # fixed GuideConfig overrides for every trial
     objectives: list[str] = field(default_factory=lambda: ["unlearning", "preservation"])
     searcher: str = "auto"
     fid_weight: float = 0.01  # score = unlearning + fid_weight x FID_pre
@@ -97,9 +97,10 @@ class Sweep:
     out: Path | None = None
 
     def config(self, params: dict | None = None) -> GuideConfig:
-        """The trial's configuration: defaults, base_config, ``set``, then the sampled params."""
-        overrides = {**self.set, **(params or {})}
-        return load_config(self.base_config, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+        """The trial's configuration: the base, then the sampled params (top-level keys)."""
+        cfg = from_dict(GuideConfig, {**self.base, **(params or {})})
+        validate(cfg)
+        return cfg
 
     @property
     def out_dir(self) -> Path:
@@ -198,7 +199,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     base = path.parent
 
     def rel(value):
-        return None if value is None else (base / value if not Path(value).is_absolute() else Path(value))
+        return None if value is None else (base / value).resolve()
 
     space = tree["space"]
     if not isinstance(space, dict) or not space:
@@ -216,6 +217,13 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     searcher = tree.get("searcher", "auto")
     if searcher not in SEARCHERS:
         raise SweepError(f"searcher: {searcher!r} is not one of {', '.join(SEARCHERS)}")
+    base_config = rel(tree.get("base_config"))
+    if base_config is not None and not base_config.is_file():
+        raise SweepError(f"base_config: {base_config} is not a file")
+    try:  # resolved here, so trials never read files (they may run on other machines)
+        resolved = to_dict(load_config(base_config, [f"{k}={json.dumps(v)}" for k, v in fixed.items()]))
+    except ConfigError as e:
+        raise SweepError(f"the configuration is invalid: {e}") from None
     asha = tree.get("asha", {"grace_period": 1, "reduction_factor": 2})
     if asha is not None and asha is not False:
         if not isinstance(asha, dict) or set(asha) - {"grace_period", "reduction_factor"}:
@@ -236,8 +244,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise SweepError(f"include_defaults: expected true or false, got {include_defaults!r}")
     sweep = Sweep(
         name=str(tree.get("name") or path.stem), generator=str(tree["generator"]), ids=rel(tree["ids"]),
-        space={name: _param(name, spec) for name, spec in space.items()}, base_config=rel(tree.get("base_config")),
-        set=fixed, objectives=objectives, searcher=searcher,
+        space={name: _param(name, spec) for name, spec in space.items()}, base=resolved, base_config=base_config,
+        objectives=objectives, searcher=searcher,
         fid_weight=_number("fid_weight", tree.get("fid_weight", 0.01)),
         drift_weight=_number("drift_weight", tree.get("drift_weight", 1.0)),
         num_samples=_number("num_samples", tree.get("num_samples", 16), True, True),
@@ -250,10 +258,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise SweepError("fid_weight and drift_weight cannot be negative")
     if not sweep.ids.is_file():
         raise SweepError(f"ids: {sweep.ids} is not a file")
-    if sweep.base_config is not None and not sweep.base_config.is_file():
-        raise SweepError(f"base_config: {sweep.base_config} is not a file")
     try:  # every corner of the space must make a valid configuration
-        sweep.config()
         for p in sweep.space.values():
             for value in p.choices if p.choices is not None else (p.low, p.high):
                 sweep.config({p.name: value})

@@ -18,8 +18,8 @@ from guide_ray import fleet, sweep
 from tests.conftest import NETS, require_weights, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK_SET = {"iterations": 8, "checkpoint_every": 4, "latent_pool": 4, "evaluation.fid_samples": 16,
-             "evaluation.fid_batch": 8, "evaluation.reinversion": False, "inversion.steps": 4}
+QUICK_BASE = "iterations: 8\ncheckpoint_every: 4\nlatent_pool: 4\ninversion: {steps: 4}\n"
+QUICK_SET = {"evaluation.fid_samples": 16, "evaluation.fid_batch": 8, "evaluation.reinversion": False}
 PORTRAIT = "weights://openpeople/{}/assets/{}.jpg"
 
 
@@ -27,7 +27,10 @@ def write_sweep(folder: Path, generator: Path, **changes) -> Path:
     (folder / "ids.csv").write_text("id,image,seed,others\n"
                                     f"P001,{PORTRAIT.format('P001', 'studio_portrait')},,"
                                     f"{PORTRAIT.format('P001', 'amateur_selfie')}\ns3,,3,\n")
-    spec = {"name": "tiny", "generator": str(generator), "ids": "ids.csv", "set": QUICK_SET,
+    (folder / "configs").mkdir(exist_ok=True)
+    (folder / "configs" / "base.yaml").write_text(QUICK_BASE)  # relative to the sweep file, read by the driver
+    spec = {"name": "tiny", "generator": str(generator), "ids": "ids.csv", "base_config": "configs/base.yaml",
+            "set": QUICK_SET,
             "space": {"d": {"low": 2.0, "high": 80.0, "log": True}, "lambda_global": {"low": 0.1, "high": 10.0,
                                                                                       "log": True},
                       "lr": {"low": 1e-4, "high": 3e-2, "log": True}},
