@@ -45,6 +45,10 @@ class SweepError(ValueError):
     """A sweep file or option is wrong; the message names the key."""
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial ended (Ctrl-C); its state is saved for a rerun."""
+
+
 @dataclass
 class Param:
     """One searched config key: a range (``low``..``high``, optionally ``log``) or ``choices``."""
@@ -105,6 +109,18 @@ class Sweep:
     @property
     def out_dir(self) -> Path:
         return (self.out or Path("outputs/sweeps") / self.name).resolve()
+
+    @property
+    def max_iterations(self) -> int:
+        p = self.space.get("iterations")
+        return int(max(p.choices or [p.high])) if p else self.config().iterations
+
+    def fingerprint(self) -> dict:
+        """What a resumed sweep must share with the one it resumes."""
+        return {"generator": self.generator, "ids": str(self.ids), "base": self.base,
+                "space": {k: vars(p) for k, p in self.space.items()},
+                **{k: getattr(self, k) for k in ("objectives", "searcher", "fid_weight", "drift_weight", "num_samples",
+                                                 "report_every", "asha", "include_defaults", "proxy_samples", "seed")}}
 
 
 _SWEEP_KEYS = {"name", "generator", "ids", "space", "base_config", "set", "objectives", "searcher", "fid_weight",
@@ -531,7 +547,12 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
     from .tracking import Tracker, default_uri
 
     out = sweep.out_dir
+    saved, fingerprint = out / "sweep.json", sweep.fingerprint()
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(fingerprint)):
+        raise SweepError(f"{out} holds a different sweep (another space, base config or settings); "
+                         "resume it with its own file, or give another --out")
     out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(fingerprint, indent=2))
     specs, _ = read_ids(sweep.ids)
     identities = [{"id": s.id, "image": str(s.image) if s.image else None, "seed": s.seed,
                    "others": [str(o) for o in s.others]} for s in specs]
@@ -564,15 +585,12 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
             print(f"resuming the sweep in {storage / sweep.name}", file=sys.stderr)
             tuner = tune.Tuner.restore(str(storage / sweep.name), trainable, resume_errored=True)
         else:
-            iterations = max([sweep.config().iterations] + [int(v) for v in (
-                sweep.space["iterations"].choices or [sweep.space["iterations"].high])] if "iterations" in sweep.space
-                else [sweep.config().iterations])
             scheduler = None
             if sweep.asha:
                 from ray.tune.schedulers import ASHAScheduler
 
                 scheduler = ASHAScheduler(metric="progress_score", mode="min",
-                                          max_t=math.ceil(iterations / sweep.report_every), **sweep.asha)
+                                          max_t=math.ceil(sweep.max_iterations / sweep.report_every), **sweep.asha)
             tuner = tune.Tuner(
                 trainable, param_space={k: p.domain() for k, p in sweep.space.items()},
                 tune_config=tune.TuneConfig(search_alg=_searcher(sweep, defaults), scheduler=scheduler,
@@ -584,6 +602,10 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
     finally:
         if started:
             ray.shutdown()
+    ended = grid.num_terminated + grid.num_errors
+    if ended < sweep.num_samples:
+        raise SweepInterrupted(f"interrupted with {ended} of {sweep.num_samples} trials ended; the state is saved "
+                               f"in {out / 'tune' / sweep.name}: run the same command again to resume")
     rows = trial_rows(grid, sweep.space)
     for row, result in zip(rows, grid):  # trials the callback missed (a crash between end and log)
         tracker.trial_run(parent, sweep_key, row["trial"], {k: row[k] for k in sweep.space}, result.metrics or {},
@@ -621,7 +643,14 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows, front, _ = run_sweep(sweep, args.ray_address, args.tracking_uri, verbose=0 if args.quiet else 1)
+    try:
+        rows, front, _ = run_sweep(sweep, args.ray_address, args.tracking_uri, verbose=0 if args.quiet else 1)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     print((sweep.out_dir / "pareto.md").read_text())
     print(f"trials: {sweep.out_dir / 'trials.csv'}\nPareto plot: {sweep.out_dir / 'pareto.png'}")
     if args.export_best:

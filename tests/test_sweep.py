@@ -80,6 +80,7 @@ def test_sweep_interrupted_resumed_pareto_mlflow_and_export_to_fleet(tiny_genera
         _, err = driver.communicate(timeout=180)
     before = {r.data.tags["trial_id"]: r for r in mlflow_trials(out)}
     assert len(before) >= 2, err[-3000:]
+    assert driver.returncode == 130 and "run the same command again to resume" in err, err[-3000:]
     assert len(before) < 8, "the sweep ended before it could be interrupted"
 
     # 2. Resume it and export the best configuration.
@@ -119,6 +120,11 @@ def test_sweep_interrupted_resumed_pareto_mlflow_and_export_to_fleet(tiny_genera
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     parent = runs[rows[0]["trial"]].data.tags["mlflow.parentRunId"]
     assert {"pareto.png", "pareto.csv", "trials.csv"} <= {a.path for a in client.list_artifacts(parent)}
+
+    # The same --out with another search space is refused (it would silently resume the old one).
+    (tmp_path / "other").mkdir()
+    other = write_sweep(tmp_path / "other", tiny_generator, space={"d": {"low": 1.0, "high": 5.0}})
+    assert sweep.main(["--config", str(other), "--out", str(out)]) == 2
 
     # 3. The exported configuration is the front's lowest score, and the fleet runs it.
     best = min((r for r in complete if r["trial"] in front), key=lambda r: float(r["score"]))
