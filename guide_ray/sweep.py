@@ -285,6 +285,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 # --- a trial ---------------------------------------------------------------------------------
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def run_trial(params: dict, *, sweep: Sweep, identities: list[dict], sources: dict) -> None:
     """One configuration on every identity; reports every ``report_every`` iterations, then in full."""
     import ray
@@ -342,11 +346,10 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list[dict], sources: di
         unlearning.append((m["id"] + m["id_others"]) / 2 if "id_others" in m else m["id"])
         fids.append(m["fid_pre"])
         final.update({f"id_{ident}": m["id"], f"fid_pre_{ident}": m["fid_pre"]})
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    objectives = {"unlearning": mean(unlearning), "preservation": mean(fids)}
+    objectives = {"unlearning": _mean(unlearning), "preservation": _mean(fids)}
     objectives["score"] = objectives["unlearning"] + sweep.fid_weight * objectives["preservation"]
-    tune.report({**progress(cfg.iterations), **final, **objectives, "id": mean(id_values),
-                 "id_others": mean(other_values), "fid_pre": mean(fids), "diverged": diverged,
+    tune.report({**progress(cfg.iterations), **final, **objectives, "id": _mean(id_values),
+                 "id_others": _mean(other_values), "fid_pre": _mean(fids), "diverged": diverged,
                  "seconds": time.time() - started_at})
 
 
