@@ -24,6 +24,7 @@ import re
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -123,6 +124,27 @@ def read_ids(path: str | Path, skip_invalid: bool = False) -> tuple[list[Identit
         raise IdsError(f"{path}: {len(problems)} bad row(s); fix them or pass --skip-invalid to run the "
                        f"{len(specs)} good one(s):\n  " + "\n  ".join(problems))
     return specs, problems
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Ray, found as ``ray.init`` finds it (address None: RAY_ADDRESS, else a cluster running on this
+    machine, else a new embedded one; 'local': always embedded); shut down after if started here."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, **({"include_dashboard": False} if address == "local" else {}))
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def worker_env() -> dict | None:
+    """The runtime_env that points Ray workers at this process's weights cache."""
+    return {"env_vars": {"GUIDE_RAY_CACHE": os.environ["GUIDE_RAY_CACHE"]}} if "GUIDE_RAY_CACHE" in os.environ else None
 
 
 class FleetError(RuntimeError):
@@ -298,9 +320,8 @@ class Fleet:
             count = count or 1
             threads = max(1, int(resources.get("CPU", 1) // count))
             options = {"num_cpus": threads}
-        env = {k: os.environ[k] for k in ("GUIDE_RAY_CACHE",) if k in os.environ}
         remote = ray.remote(max_restarts=-1, max_task_retries=2)(IdentityWorker)
-        actors = [remote.options(**options, runtime_env={"env_vars": env} if env else None).remote(
+        actors = [remote.options(**options, runtime_env=worker_env()).remote(
             self.generator, to_dict(self.cfg), None, threads) for _ in range(count)]
         try:
             ray.get([a.ready.remote() for a in actors])
@@ -319,7 +340,6 @@ class Fleet:
         return row
 
     def run(self) -> int:
-        import ray
         from tqdm import tqdm
 
         previous = self.ledger.fleet(self.fleet_key)
@@ -340,18 +360,11 @@ class Fleet:
                       f"{_fmt(row.get('metric_fid_pre'), '.2f')}" + (f"  ({row['error']})" if row.get("error") else ""))
 
         if todo:
-            started = not ray.is_initialized()
-            if started:  # address None: RAY_ADDRESS, else a running local cluster, else a new embedded one
-                ray.init(address=self.ray_address, **({"include_dashboard": False} if self.ray_address == "local"
-                                                       else {}))
-            try:
+            with ray_session(self.ray_address):
                 if self.mode == "parallel":
                     self._parallel(todo, previous, counts, note, bar)
                 else:
                     self._sequential(previous, counts, note, bar)
-            finally:
-                if started:
-                    ray.shutdown()
         bar.close()
         rows = self.ledger.fleet(self.fleet_key)
         ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)

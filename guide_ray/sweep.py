@@ -22,23 +22,33 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .core.config import ConfigError, GuideConfig, from_dict, load_config, to_dict, validate
+from .core.config import ConfigError, GuideConfig, apply_override, from_dict, load_config, to_dict, validate
 
 SEARCHABLE = ("d", "alpha_max", "lambda_l2", "lambda_per", "lambda_id", "lambda_adj", "lambda_global", "lr",
               "iterations")
 OBJECTIVES = ("unlearning", "preservation", "score")
 SEARCHERS = ("auto", "tpe", "nsga2")
 EXPERIMENT = "guide_ray-sweep"
+# The sweep file's settings and their defaults (documented in the README).
+DEFAULTS = {"objectives": ["unlearning", "preservation"], "searcher": "auto",
+            "fid_weight": 0.01,  # score = unlearning + fid_weight x FID_pre
+            "drift_weight": 1.0,  # progress_score = id_now + drift_weight x perceptual drift
+            "num_samples": 16, "max_concurrent": 2, "report_every": 50,
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+            "include_defaults": True,  # the base configuration itself is the first trial
+            "proxy_samples": 8, "seed": 0}
+_SWEEP_KEYS = {"name", "generator", "ids", "space", "base_config", "set", "resources", "out", *DEFAULTS}
 
 
 class SweepError(ValueError):
@@ -85,20 +95,20 @@ class Sweep:
     ids: Path
     space: dict[str, Param]
     base: dict  # the resolved configuration every trial starts from (defaults, base_config, set)
-    base_config: Path | None = None
-    objectives: list[str] = field(default_factory=lambda: ["unlearning", "preservation"])
-    searcher: str = "auto"
-    fid_weight: float = 0.01  # score = unlearning + fid_weight x FID_pre
-    drift_weight: float = 1.0  # progress_score = id_now + drift_weight x perceptual drift
-    num_samples: int = 16
-    max_concurrent: int = 2
-    report_every: int = 50
-    asha: dict | None = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
-    resources: dict | None = None  # {"cpu": N, "gpu": F}; default: 1 GPU per trial on a GPU cluster, else 1 CPU
-    include_defaults: bool = True  # the base configuration itself is the first trial
-    proxy_samples: int = 8
-    seed: int = 0
-    out: Path | None = None
+    base_config: Path | None
+    objectives: list[str]
+    searcher: str
+    fid_weight: float
+    drift_weight: float
+    num_samples: int
+    max_concurrent: int
+    report_every: int
+    asha: dict | None
+    resources: dict | None  # {"cpu": N, "gpu": F}; None: 1 GPU per trial on a GPU cluster, else 1 CPU
+    include_defaults: bool
+    proxy_samples: int
+    seed: int
+    out: Path | None
 
     def config(self, params: dict | None = None) -> GuideConfig:
         """The trial's configuration: the base, then the sampled params (top-level keys)."""
@@ -119,13 +129,7 @@ class Sweep:
         """What a resumed sweep must share with the one it resumes."""
         return {"generator": self.generator, "ids": str(self.ids), "base": self.base,
                 "space": {k: vars(p) for k, p in self.space.items()},
-                **{k: getattr(self, k) for k in ("objectives", "searcher", "fid_weight", "drift_weight", "num_samples",
-                                                 "report_every", "asha", "include_defaults", "proxy_samples", "seed")}}
-
-
-_SWEEP_KEYS = {"name", "generator", "ids", "space", "base_config", "set", "objectives", "searcher", "fid_weight",
-               "drift_weight", "num_samples", "max_concurrent", "report_every", "asha", "resources",
-               "include_defaults", "proxy_samples", "seed", "out"}
+                **{k: getattr(self, k) for k in DEFAULTS if k != "max_concurrent"}}
 
 
 def _number(key: str, value, positive: bool = False, integer: bool = False) -> float:
@@ -183,18 +187,6 @@ def _param(name: str, spec) -> Param:
     return Param(name, low, high, log)
 
 
-def _dotted_set(tree: dict, item: str) -> None:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise SweepError(f"--set expects key=value, got {item!r}")
-    *parents, leaf = key.strip().split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-        if not isinstance(tree, dict):
-            raise SweepError(f"--set {key}: {p} is not a section")
-    tree[leaf] = yaml.safe_load(raw) if raw.strip() else None
-
-
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read and check a sweep YAML (paths in it are relative to the file) before anything runs."""
     path = Path(path)
@@ -204,8 +196,12 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise SweepError(f"cannot read sweep file {path}: {e}") from None
     if not isinstance(tree, dict):
         raise SweepError(f"{path}: a sweep file holds a mapping")
-    for item in overrides:
-        _dotted_set(tree, item)
+    try:
+        for item in overrides:
+            apply_override(tree, item)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+    tree = {**DEFAULTS, **tree}
     unknown = sorted(set(tree) - _SWEEP_KEYS)
     if unknown:
         raise SweepError(f"unknown key {unknown[0]!r} in {path}; valid keys: {', '.join(sorted(_SWEEP_KEYS))}")
@@ -223,14 +219,13 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     fixed = tree.get("set") or {}
     if not isinstance(fixed, dict):
         raise SweepError(f"set: expected a mapping of config keys to values, got {fixed!r}")
-    objectives = tree.get("objectives", ["unlearning", "preservation"])
-    if isinstance(objectives, str):
-        objectives = [objectives]
+    objectives = tree["objectives"]
+    objectives = [objectives] if isinstance(objectives, str) else list(objectives or [])
     if not objectives or len(objectives) > 2 or any(o not in OBJECTIVES for o in objectives) \
             or len(set(objectives)) != len(objectives) or (len(objectives) == 2 and "score" in objectives):
         raise SweepError(f"objectives: one of {', '.join(OBJECTIVES)}, or [unlearning, preservation]; "
                          f"got {objectives!r}")
-    searcher = tree.get("searcher", "auto")
+    searcher = tree["searcher"]
     if searcher not in SEARCHERS:
         raise SweepError(f"searcher: {searcher!r} is not one of {', '.join(SEARCHERS)}")
     base_config = rel(tree.get("base_config"))
@@ -240,7 +235,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         resolved = to_dict(load_config(base_config, [f"{k}={json.dumps(v)}" for k, v in fixed.items()]))
     except ConfigError as e:
         raise SweepError(f"the configuration is invalid: {e}") from None
-    asha = tree.get("asha", {"grace_period": 1, "reduction_factor": 2})
+    asha = tree["asha"]
     if asha is not None and asha is not False:
         if not isinstance(asha, dict) or set(asha) - {"grace_period", "reduction_factor"}:
             raise SweepError(f"asha: expected {{grace_period, reduction_factor}} or false, got {asha!r}")
@@ -255,21 +250,21 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         resources = {k: _number(f"resources.{k}", v) for k, v in resources.items()}
         if any(v < 0 for v in resources.values()):
             raise SweepError(f"resources: negative amounts in {resources}")
-    include_defaults = tree.get("include_defaults", True)
+    include_defaults = tree["include_defaults"]
     if not isinstance(include_defaults, bool):
         raise SweepError(f"include_defaults: expected true or false, got {include_defaults!r}")
     sweep = Sweep(
         name=str(tree.get("name") or path.stem), generator=str(tree["generator"]), ids=rel(tree["ids"]),
         space={name: _param(name, spec) for name, spec in space.items()}, base=resolved, base_config=base_config,
         objectives=objectives, searcher=searcher,
-        fid_weight=_number("fid_weight", tree.get("fid_weight", 0.01)),
-        drift_weight=_number("drift_weight", tree.get("drift_weight", 1.0)),
-        num_samples=_number("num_samples", tree.get("num_samples", 16), True, True),
-        max_concurrent=_number("max_concurrent", tree.get("max_concurrent", 2), True, True),
-        report_every=_number("report_every", tree.get("report_every", 50), True, True),
+        fid_weight=_number("fid_weight", tree["fid_weight"]),
+        drift_weight=_number("drift_weight", tree["drift_weight"]),
+        num_samples=_number("num_samples", tree["num_samples"], True, True),
+        max_concurrent=_number("max_concurrent", tree["max_concurrent"], True, True),
+        report_every=_number("report_every", tree["report_every"], True, True),
         asha=asha or None, resources=resources, include_defaults=include_defaults,
-        proxy_samples=_number("proxy_samples", tree.get("proxy_samples", 8), True, True),
-        seed=_number("seed", tree.get("seed", 0), integer=True), out=rel(tree.get("out")))
+        proxy_samples=_number("proxy_samples", tree["proxy_samples"], True, True),
+        seed=_number("seed", tree["seed"], integer=True), out=rel(tree.get("out")))
     if sweep.fid_weight < 0 or sweep.drift_weight < 0:
         raise SweepError("fid_weight and drift_weight cannot be negative")
     if not sweep.ids.is_file():
@@ -289,7 +284,7 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def run_trial(params: dict, *, sweep: Sweep, identities: list[dict], sources: dict) -> None:
+def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) -> None:
     """One configuration on every identity; reports every ``report_every`` iterations, then in full."""
     import ray
     import torch
@@ -307,10 +302,10 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list[dict], sources: di
     cfg = sweep.config(params)
     nets = Networks(cfg, device)
     runs = []
-    for ident in identities:
-        src = sources[ident["id"]].to(device)
+    for spec in identities:
+        src = sources[spec.id].to(device)
         generator = load_generator(sweep.generator, device)
-        runs.append((ident["id"], src, Unlearning(generator, src.w_u, cfg, nets.id_loss, nets.perceptual)))
+        runs.append((spec.id, src, Unlearning(generator, src.w_u, cfg, nets.id_loss, nets.perceptual)))
     g_s, terms = runs[0][2].problem.g_s, runs[0][2].problem.terms
     with torch.no_grad():  # the preservation proxy's latents and their frozen perceptual features
         rng = torch.Generator().manual_seed(cfg.evaluation.fid_seed + 1)
@@ -353,16 +348,15 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list[dict], sources: di
                  "seconds": time.time() - started_at})
 
 
-def invert_all(sweep: Sweep, identities: list[dict], device: str | None) -> dict:
+def invert_all(sweep: Sweep, identities: list) -> dict:
     """Each identity's latents in G_s (photos inverted once, shared by every trial)."""
-    from .core.pipeline import IdentitySpec, Networks, invert_identity
+    from .core.pipeline import Networks, invert_identity
     from .models import load_generator
 
     cfg = sweep.config()
-    generator = load_generator(sweep.generator, device)
+    generator = load_generator(sweep.generator)
     nets = Networks(cfg, generator.device)
-    return {i["id"]: invert_identity(generator, IdentitySpec(**i), cfg, nets, show_progress=False).to("cpu")
-            for i in identities}
+    return {spec.id: invert_identity(generator, spec, cfg, nets, show_progress=False).to("cpu") for spec in identities}
 
 
 # --- the results ------------------------------------------------------------------------------
@@ -395,7 +389,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_results(sweep: Sweep, rows: list[dict], out: Path, defaults: dict) -> tuple[list[dict], list[Path]]:
+def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict], list[Path]]:
     """trials.csv, pareto.csv/.md/.png; returns the front and the files."""
     import matplotlib
 
@@ -425,7 +419,7 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path, defaults: dict) -> 
                label="trials")
     ax.plot([r["unlearning"] for r in front], [r["preservation"] for r in front], "o-", c="tab:red", ms=6,
             label="Pareto front")
-    base = [r for r in complete if all(r[k] == defaults.get(k) for k in sweep.space)]
+    base = [r for r in complete if all(r[k] == sweep.base[k] for k in sweep.space)]
     if base:
         ax.scatter([r["unlearning"] for r in base], [r["preservation"] for r in base], marker="*", s=220,
                    c="tab:blue", zorder=5, label="base configuration")
@@ -465,7 +459,7 @@ def export_config(sweep: Sweep, row: dict, path: Path) -> None:
 
 # --- the driver -------------------------------------------------------------------------------
 
-def tune_callback(uri: str, artifacts: Path, sweep_key: str, space: list[str]):
+def tune_callback(uri: str, artifacts: Path, sweep_key: str, parent: str, space: list[str]):
     """A Tune callback that logs each trial to MLflow as it ends (nested under the sweep's run)."""
     from ray import tune
 
@@ -488,7 +482,6 @@ def tune_callback(uri: str, artifacts: Path, sweep_key: str, space: list[str]):
             return self._tracker
 
         def _log(self, trial, status: str):
-            parent = self.tracker.parent_run("sweep", sweep_key, f"sweep {sweep_key}", {}, {})
             result = trial.last_result or {}
             if status == "complete" and result.get("unlearning") is None:
                 status = "stopped early"
@@ -504,7 +497,7 @@ def tune_callback(uri: str, artifacts: Path, sweep_key: str, space: list[str]):
     return TrialLogger()
 
 
-def _searcher(sweep: Sweep, defaults: dict):
+def _searcher(sweep: Sweep):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -528,7 +521,7 @@ def _searcher(sweep: Sweep, defaults: dict):
                if kind == "nsga2" else optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=4))
     points = []
     if sweep.include_defaults:
-        point = {k: defaults[k] for k in sweep.space}
+        point = {k: sweep.base[k] for k in sweep.space}
         if all(sweep.space[k].contains(v) for k, v in point.items()):
             points.append(point)
         else:
@@ -545,42 +538,35 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
     import ray
     from ray import tune
 
-    from .core.config import config_hash
-    from .fleet import read_ids
+    from .fleet import ray_session, read_ids, worker_env
     from .tracking import Tracker, default_uri
 
     out = sweep.out_dir
-    saved, fingerprint = out / "sweep.json", sweep.fingerprint()
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(fingerprint)):
+    saved, fingerprint = out / "sweep.json", json.loads(json.dumps(sweep.fingerprint()))
+    if saved.exists() and json.loads(saved.read_text()) != fingerprint:
         raise SweepError(f"{out} holds a different sweep (another space, base config or settings); "
                          "resume it with its own file, or give another --out")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(fingerprint, indent=2))
-    specs, _ = read_ids(sweep.ids)
-    identities = [{"id": s.id, "image": str(s.image) if s.image else None, "seed": s.seed,
-                   "others": [str(o) for o in s.others]} for s in specs]
-    defaults = to_dict(sweep.config())
-    sweep_key = f"{sweep.name}-{config_hash(sweep.config())}"
+    identities, _ = read_ids(sweep.ids)
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    sweep_key = f"{sweep.name}-{digest}"
     uri = tracking_uri or default_uri(out)
     tracker = Tracker(uri, out / "mlartifacts", EXPERIMENT)
     parent = tracker.parent_run("sweep", sweep_key, f"sweep {sweep_key}",
                                 {"generator": sweep.generator, "ids": str(sweep.ids), "objectives": sweep.objectives,
-                                 "space": {k: vars(p) for k, p in sweep.space.items()}, "base": defaults},
+                                 "space": {k: vars(p) for k, p in sweep.space.items()}, "base": sweep.base},
                                 {"generator": Path(sweep.generator).name})
     # Intermediate reports carry ASHA's progress_score, not the searcher's objectives (final only).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=ray_address, **({"include_dashboard": False} if ray_address == "local" else {}))
-    try:
+    with ray_session(ray_address):
         gpu = ray.cluster_resources().get("GPU", 0) > 0
         resources = sweep.resources or ({"cpu": 1, "gpu": 1} if gpu else {"cpu": 1})
         print(f"sweep {sweep.name}: {len(identities)} identities, {sweep.num_samples} trials, "
               f"objectives {sweep.objectives}, trial resources {resources}", file=sys.stderr)
-        env = {k: os.environ[k] for k in ("GUIDE_RAY_CACHE",) if k in os.environ}
         invert = ray.remote(invert_all).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0),
-                                                runtime_env={"env_vars": env} if env else None)
-        sources = ray.get(invert.remote(sweep, identities, None))
+                                                runtime_env=worker_env())
+        sources = ray.get(invert.remote(sweep, identities))
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, sweep=sweep, identities=identities, sources=sources), resources)
         storage = out / "tune"
@@ -596,15 +582,12 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
                                           max_t=math.ceil(sweep.max_iterations / sweep.report_every), **sweep.asha)
             tuner = tune.Tuner(
                 trainable, param_space={k: p.domain() for k, p in sweep.space.items()},
-                tune_config=tune.TuneConfig(search_alg=_searcher(sweep, defaults), scheduler=scheduler,
+                tune_config=tune.TuneConfig(search_alg=_searcher(sweep), scheduler=scheduler,
                                             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=verbose,
-                                          callbacks=[tune_callback(uri, out / "mlartifacts", sweep_key,
+                                          callbacks=[tune_callback(uri, out / "mlartifacts", sweep_key, parent,
                                                                    list(sweep.space))]))
         grid = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
     ended = grid.num_terminated + grid.num_errors
     if ended < sweep.num_samples:
         raise SweepInterrupted(f"interrupted with {ended} of {sweep.num_samples} trials ended; the state is saved "
@@ -613,7 +596,7 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
     for row, result in zip(rows, grid):  # trials the callback missed (a crash between end and log)
         tracker.trial_run(parent, sweep_key, row["trial"], {k: row[k] for k in sweep.space}, result.metrics or {},
                           row["status"])
-    front, files = write_results(sweep, rows, out, defaults)
+    front, files = write_results(sweep, rows, out)
     complete = sum(r["status"] == "complete" for r in rows)
     tracker.finish(parent, complete > 0, {"trials": len(rows), "trials_complete": complete,
                                           "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows),

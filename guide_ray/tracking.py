@@ -1,10 +1,11 @@
 """MLflow for fleets and sweeps: the only module that talks to MLflow.
 
-A fleet (or a sweep) is a parent run; each identity (or trial) a nested run (tag ``mlflow.parentRunId``) with the resolved
-config as params, ID / ID_others / re-inversion ID / FID_pre and the losses over iterations as
-metrics, the grid, result.json and the checkpoint as artifacts. Logging is idempotent: a rerun
-finds the parent by its fleet key and skips identities whose finished run is already there, so a
-resumed fleet never duplicates a record.
+A fleet (or a sweep) is a parent run; each identity (or trial) a nested run (tag
+``mlflow.parentRunId``). An identity's run has the resolved config as params, ID / ID_others /
+re-inversion ID / FID_pre and the losses over iterations as metrics, the grid, result.json and the
+checkpoint as artifacts; a trial's, its sampled params and last report. Logging is idempotent: a
+rerun finds the parent by its key and skips identities (trials) already logged, so a resumed
+fleet or sweep never duplicates a record.
 
 The default store is a SQLite file with local artifacts beside it; any tracking URI works.
 """
@@ -129,7 +130,7 @@ class Tracker:
         now = int(time.time() * 1000)
         step = int(result.get("training_iteration") or 0)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
         self.client.set_terminated(run.info.run_id, status="FAILED" if status == "error" else "FINISHED")

@@ -157,6 +157,14 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[leaf] = value
 
 
+def apply_override(tree: dict, item: str) -> None:
+    """Apply one ``key=value`` (dotted key, value parsed as YAML) to a nested dict."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = (),
                 preset: str | None = None) -> GuideConfig:
     """Defaults, then a preset (Table 1 row), then the YAML file, then ``key=value`` overrides."""
@@ -175,10 +183,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         for key, value in _flatten(loaded):
             _set(tree, key, value)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        apply_override(tree, item)
     cfg = from_dict(GuideConfig, tree)
     validate(cfg)
     return cfg
