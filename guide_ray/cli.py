@@ -190,6 +190,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .models import load_generator
+    from .models.nvidia import export_generator
+
+    generator = load_generator(args.generator, "cpu", checkpoint=args.checkpoint)
+    original = args.generator if Path(args.generator).suffix == ".pkl" else None
+    path = export_generator(generator, args.out, original=original, key=args.key)
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_config_options(p) -> None:
     p.add_argument("--config", help="YAML config (keys as in guide_ray/core/config.py)")
     p.add_argument("--preset", choices=("baseline", "extrapolated", "adjacency", "guide"),
@@ -257,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--fid-samples", type=int)
     pe.add_argument("--device", default=None)
     pe.set_defaults(func=cmd_evaluate)
+
+    px = sub.add_parser("export", help="write an unlearned NVIDIA generator back in NVIDIA's formats")
+    px.add_argument("--generator", required=True, help="the base generator: an NVIDIA .pkl (or .safetensors)")
+    px.add_argument("--checkpoint", required=True, help="the run's checkpoint.safetensors (G_u's trained tensors)")
+    px.add_argument("--out", required=True,
+                    help="G_u.pkl (the original pickle with G_u's tensors, for NVIDIA's code) or G_u.safetensors")
+    px.add_argument("--key", default="G_ema", help="the network replaced in the pickle (default: G_ema)")
+    px.set_defaults(func=cmd_export)
 
     pb = sub.add_parser("bench", help="time LTU iterations: straightforward vs optimised loop")
     pb.add_argument("--generator", default="dcgan-digiface64")

@@ -25,14 +25,20 @@ def load_generator(spec: str | Path, device: str | torch.device | None = None,
     """A generator by manifest name, or from a user's path; ``checkpoint``: an unlearned
     generator's trained tensors (``checkpoint.safetensors`` of a run) applied on top.
 
-    Paths: a folder holding MobileStyleGAN's MappingNetwork/SynthesisNetwork IR files, or a DCGAN
-    checkpoint (a torch file with 'netG_state_dict' or a bare state dict).
+    Paths: an NVIDIA network pickle (``.pkl``: StyleGAN2(-ADA) or EG3D, read safely; network
+    ``G_ema``) or such a network exported as ``.safetensors``; a folder holding MobileStyleGAN's
+    MappingNetwork/SynthesisNetwork IR files; or a DCGAN checkpoint (a torch file with
+    'netG_state_dict' or a bare state dict).
     """
     spec = str(spec)
     if spec == "mobilestylegan-ffhq1024":
         gen = MobileStyleGAN(weights.directory(spec), name=spec)
     elif spec == "dcgan-digiface64":
         gen = DCGAN.from_file(weights.path(spec), name=spec)
+    elif Path(spec).suffix in (".pkl", ".safetensors") and Path(spec).expanduser().is_file():
+        from .nvidia import load_nvidia_generator
+
+        gen = load_nvidia_generator(Path(spec).expanduser())
     elif Path(spec).expanduser().is_dir():
         gen = MobileStyleGAN(Path(spec).expanduser(), name=Path(spec).name)
     elif Path(spec).expanduser().is_file():
