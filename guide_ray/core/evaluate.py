@@ -21,16 +21,27 @@ from ..models.fid import FeatureStats, InceptionFeatures
 from ..models.identity import cosine
 
 
+def evaluation_views(generator) -> list[torch.Tensor | None]:
+    """The cameras ID is averaged over: each row of a 3D generator's ``evaluation_cameras()`` (GUIDE:
+    11 yaws over [-pi/12, pi/12]); [None] (the generator's own view) for a camera-free generator."""
+    cameras = getattr(generator, "evaluation_cameras", None)
+    return [None] if cameras is None else list(cameras().split(1))
+
+
 @torch.no_grad()
-def generated_identity(metric_net, generator, ws: torch.Tensor) -> torch.Tensor:
-    """Metric embeddings of G(ws), one row per latent."""
-    return torch.cat([metric_net.embed_generated(generator.synthesis(w[None]), generator.ffhq_box) for w in ws])
+def generated_identity(metric_net, generator, ws: torch.Tensor, camera: torch.Tensor | None = None) -> torch.Tensor:
+    """Metric embeddings of G(ws) (seen from ``camera``, the front view when None), one row per latent."""
+    return torch.cat([metric_net.embed_generated(generator.synthesis(w[None], camera), generator.ffhq_box)
+                      for w in ws])
 
 
 @torch.no_grad()
 def identity_similarity(metric_net, g_s, g_u, ws: torch.Tensor) -> torch.Tensor:
-    """[B] cos(metric(G_s(w)), metric(G_u(w))) for each latent (the paper's ID / ID_others)."""
-    return cosine(generated_identity(metric_net, g_s, ws), generated_identity(metric_net, g_u, ws))
+    """[B] cos(metric(G_s(w)), metric(G_u(w))) for each latent (the paper's ID / ID_others); for a
+    3D generator the mean over its evaluation views, as the official evaluate_id.py."""
+    per_view = [cosine(generated_identity(metric_net, g_s, ws, view), generated_identity(metric_net, g_u, ws, view))
+                for view in evaluation_views(g_s)]
+    return torch.stack(per_view).mean(0)
 
 
 @torch.no_grad()
@@ -49,13 +60,15 @@ def default_fid_samples(device: torch.device) -> int:
 
 @torch.no_grad()
 def generator_stats(generator, inception: InceptionFeatures, samples: int, seed: int, batch: int) -> FeatureStats:
-    """Inception statistics of ``samples`` images from z ~ N(0, I) drawn with ``seed`` (ψ = 1),
-    so G_s and G_u are measured on the same latents."""
+    """Inception statistics of ``samples`` images from z ~ N(0, I) drawn with ``seed`` (ψ = 1), and for
+    a 3D generator random cameras drawn from the same seed, so G_s and G_u are measured on the same
+    latents and views (as the official evaluate_fid.py)."""
     rng = torch.Generator().manual_seed(seed)
     feats = []
     for start in range(0, samples, batch):
         z = torch.randn(min(batch, samples - start), generator.z_dim, generator=rng).to(generator.device)
-        feats.append(inception(generator(z)).double().cpu().numpy())
+        camera = generator.sample_camera(len(z), rng)  # None for camera-free generators
+        feats.append(inception(generator(z, camera)).double().cpu().numpy())
     return FeatureStats.from_features(np.concatenate(feats))
 
 

@@ -44,6 +44,8 @@ class ProjectorConfig:
     early_stop_tol: float = 1e-3
     early_stop_patience: int = 50
     seed: int = 0
+    # A pSp / e4e checkpoint (models/psp.py) whose latent for the photo starts the optimisation; None: ``init``.
+    encoder: str | None = None
 
 
 @dataclass
@@ -137,12 +139,13 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
             init_ws: torch.Tensor | None = None) -> ProjectionResult:
     """Optimise a latent so that synthesis(latent) matches ``target`` ([1, 3, H, W] in [-1, 1],
     resized to the generator's resolution when needed); start from ``init_ws`` (e.g. ``encode``'s
-    guess) when given, else from ``config.init``. ``progress(step, values)`` is called every step
+    guess) when given, else from ``config.init``; 0 steps keep ``init_ws`` (the official GUIDE
+    inverts with GOAE alone). ``progress(step, values)`` is called every step
     with the step's perceptual, pixel and total losses and its lr."""
     if config.space not in ("w", "w+"):
         raise ValueError(f"space must be 'w' or 'w+', not {config.space!r}")
-    if config.steps < 1:
-        raise ValueError(f"steps must be at least 1, got {config.steps}")
+    if config.steps < 0 or (config.steps == 0 and init_ws is None):
+        raise ValueError(f"steps must be at least 1 (0 only with an encoder: its latent as is), got {config.steps}")
     target = _fit_target(target, generator)
     target_perceptual = _for_perceptual(target, config.perceptual_size)
     needs_samples = config.noise_strength > 0 or (init_ws is None and config.init == "mean_of_samples")

@@ -63,8 +63,17 @@ class Networks:
         self.perceptual = load_perceptual(cfg.perceptual_net, self.device).to(memory_format=fmt)
         self.id_loss = load_identity_net(cfg.id_loss_net, self.device).to(memory_format=fmt)
         self.id_metric = load_identity_net(cfg.id_metric_net, self.device)
+        self.encoder = None  # the inversion's encoder (cfg.inversion.encoder), bound to a generator by encoder_for
+        if cfg.inversion.encoder:
+            from ..models.psp import load_psp_encoder
+
+            self.encoder = load_psp_encoder(cfg.inversion.encoder, self.device)
         self._inception = None
         self.fid_cache: dict[tuple, object] = {}  # G_s statistics, reused across identities
+
+    def encoder_for(self, generator):
+        """The LatentEncoder for ``generator`` (offsets from its w_avg), or None without an encoder."""
+        return None if self.encoder is None else self.encoder.for_generator(generator)
 
     @property
     def inception(self):
@@ -137,7 +146,8 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     """The identity's latents in ``generator``: its photo and other photos inverted, or its seed mapped."""
     def invert(path):
         return _project_with_bar(invert_photo, f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps,
-                                 show_progress, generator, path, nets.perceptual, cfg.inversion)
+                                 show_progress, generator, path, nets.perceptual, cfg.inversion,
+                                 encoder=nets.encoder_for(generator))
 
     if spec.seed is not None:
         w_u = random_source(generator, spec.seed)

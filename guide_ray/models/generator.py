@@ -5,7 +5,8 @@ Conventions (as NVIDIA's StyleGAN code): ``mapping(z) -> ws`` of shape [B, num_w
 (tri-planes for EG3D, the image itself for 2D generators); ``trainable_parameters()`` is what LTU
 fine-tunes (the synthesis network by default, as the official GUIDE code). ``ffhq_box`` says where
 the generator's frame lies in the FFHQ-aligned frame, so photos can be aligned like its images and
-identity networks can crop its faces.
+identity networks can crop its faces. A 3D generator (EG3D) takes cameras ``c`` [B, 25], draws random
+ones with ``sample_camera`` and may offer ``evaluation_cameras()`` [V, 25], the views ID is averaged over.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ FFHQ_FRAME = (0.0, 0.0, 1.0, 1.0)
 DLIB_CHIP_BOX = (0.1616, 0.2574, 0.8526, 0.9484)
 HOG_BOX = (0.1916, 0.3138, 0.7914, 0.9134)
 LANDMARKS5 = np.array([[0.3751, 0.4727], [0.6233, 0.4739], [0.5061, 0.6113], [0.3880, 0.7291], [0.6128, 0.7297]])
+# GUIDE's (and pSp's) ID-loss crop of a 256 px FFHQ-aligned image: x[:, :, 35:223, 32:220], pooled to 112.
+GUIDE_ARCFACE_BOX = (32 / 256, 35 / 256, 220 / 256, 223 / 256)
 
 
 def facenet_box(detector_box):
@@ -149,7 +151,9 @@ def load_identity_net(spec: str | Path = "dlib-resnet34", device: str | torch.de
     Names: ``dlib-resnet34`` (128-d, the default ID loss), ``facenet-vggface2`` (512-d, the default
     ID metric), ``insightface:PACK`` (an insightface model pack in ~/.insightface/models, e.g.
     ``insightface:buffalo_l``; metric only). Paths: a dlib ``.dat`` network, a FaceNet frozen ``.pb``
-    graph, or an ArcFace ``.onnx`` file.
+    graph, an ArcFace ``.onnx`` file, or an IR / IR-SE backbone state dict (``.pth``/``.pt``): pSp's
+    ``model_ir_se50.pth`` (GUIDE's ID loss) or CurricularFace's ``CurricularFace_Backbone.pth``
+    (GUIDE's ID metric); which one a file holds is read from its keys (``irse.read_layout``).
     """
     from .dlib_resnet import DlibResNet34
     from .facenet import FaceNet
@@ -169,7 +173,20 @@ def load_identity_net(spec: str | Path = "dlib-resnet34", device: str | torch.de
         net = IdentityNet(f"insightface:{Path(backend.model_file).name}", backend, backend.input_size,
                           arcface_box(LANDMARKS5, backend.input_size), backend.session.get_outputs()[0].shape[-1],
                           arcface_photo_chip)
+    elif path.suffix in (".pth", ".pt"):
+        from .irse import load_backbone
+
+        backbone = load_backbone(path)
+        layout, size = backbone.layout, backbone.layout.input_size
+        if layout.se:  # TreB1eN's IR-SE50 as pSp and GUIDE use it: their fixed crop of generated faces
+            net = IdentityNet(f"arcface-{layout.name}:{path.name}", backbone, size, GUIDE_ARCFACE_BOX,
+                              layout.embedding, arcface_photo_chip)
+        else:  # CurricularFace's IR-101: chips on the ArcFace template (= MTCNN's 112 px reference points)
+            # Photos: GUIDE aligns them with MTCNN's 5 points; dlib's 5 points stand in here until
+            # models/mtcnn.py provides a photo_crop with the same signature.
+            net = IdentityNet(f"curricularface-{layout.name}:{path.name}", backbone, size,
+                              arcface_box(LANDMARKS5, size), layout.embedding, arcface_photo_chip)
     else:
         raise weights.WeightsError(f"identity network {spec!r} is neither a known name (dlib-resnet34, "
-                                   f"facenet-vggface2, insightface:PACK) nor a .dat/.pb/.onnx file")
+                                   f"facenet-vggface2, insightface:PACK) nor a .dat/.pb/.onnx/.pth file")
     return net.to(device or "cpu")

@@ -15,7 +15,7 @@ GUIDE-specific conventions (KU-VGI/GUIDE, unlearn.py / evaluate_fid.py) live in 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import numbers
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 from ..generator import straight_through_clamp
 from .eg3d_render import ImportanceRenderer, RaySampler, camera_params, fov_to_intrinsics, look_at_camera
 from .ops import setup_filter
-from .pickle_io import allow_plain_class, load_network_pickle, register
+from .pickle_io import allow_plain_class, register
 from .stylegan2 import FullyConnectedLayer, Generator as StyleGAN2Backbone, SynthesisBlock, SynthesisLayer, ToRGBLayer
 
 PLANE_CHANNELS = 32  # features per plane; the backbone draws 3 x 32 channels
@@ -116,6 +116,8 @@ class _HybridSuperresolution(nn.Module):
     NVIDIA's classes fix w_dim = 512 and the resolutions of the released models (asserting
     ``img_resolution``); here the resolutions follow ``img_resolution`` by the same ratios and
     ``w_dim``/``block_channels`` default to NVIDIA's values, so their pickles build the same network.
+    One deliberate difference: NVIDIA's SynthesisBlockNoUp adds its RGB to the input in place, so
+    with 2X/4X and no resize their returned ``image_raw`` is overwritten; ours is left intact.
     """
 
     default_channels: tuple[int, int]  # NVIDIA's (block0, block1) widths
@@ -223,15 +225,19 @@ class TriPlaneGenerator(nn.Module):
         self.rendering_kwargs = rendering_kwargs
         self._last_planes = None
 
-    def restore_pickled_attributes(self, state: dict) -> None:
-        """Attributes NVIDIA's training sets after construction, from a pickled generator's state:
-        the neural rendering resolution (128 in ffhqrebalanced512-128.pkl; the constructor says 64)
-        and the rendering options."""
+    def post_init_attributes(self) -> dict:
+        """The attributes NVIDIA's training sets after construction: the neural rendering resolution
+        (128 in ffhqrebalanced512-128.pkl; the constructor says 64) and the rendering options."""
+        return {"neural_rendering_resolution": self.neural_rendering_resolution,
+                "rendering_kwargs": dict(self.rendering_kwargs)}
+
+    def restore_post_init_attributes(self, state: dict) -> None:
+        """Set ``post_init_attributes`` from a pickled generator's state (or saved metadata)."""
         resolution = state.get("neural_rendering_resolution")
         if resolution is not None:
-            if not isinstance(resolution, int) or resolution < 1:
+            if not isinstance(resolution, numbers.Integral) or resolution < 1:
                 raise ValueError(f"pickled neural_rendering_resolution must be a positive int, got {resolution!r}")
-            self.neural_rendering_resolution = resolution
+            self.neural_rendering_resolution = int(resolution)
         if isinstance(state.get("rendering_kwargs"), dict):
             self.rendering_kwargs = dict(state["rendering_kwargs"])
 
@@ -360,15 +366,6 @@ class EG3D(nn.Module):
         self.noise_mode, self.deterministic_sampling = noise_mode, deterministic_sampling
         self.register_buffer("pivot", torch.tensor(pivot, dtype=torch.float32), persistent=False)
         self.register_buffer("intrinsics", fov_to_intrinsics(fov_deg), persistent=False)
-
-    @classmethod
-    def from_pickle(cls, path, name: str | None = None, key: str = "G_ema", **options) -> "EG3D":
-        """The adapter over network ``key`` of an NVIDIA EG3D pickle (e.g. ffhqrebalanced512-128.pkl),
-        read safely (nothing in the file is executed); ``options``: the camera/determinism settings."""
-        G = load_network_pickle(path, key=key)
-        if not isinstance(G, TriPlaneGenerator):
-            raise ValueError(f"{path}: {key} is a {type(G).__name__}, not an EG3D TriPlaneGenerator")
-        return cls(G, name=name or Path(path).stem, **options)
 
     @property
     def device(self) -> torch.device:

@@ -427,7 +427,7 @@ def build_from_record(record: PersistentRecord, source: str = "<pickle>") -> nn.
     state = record.state
     module = build_network(name, *tuple(state.get("_init_args") or ()), **dict(state.get("_init_kwargs") or {}))
     _load_tensors(module, record_tensors(record), f"{source} ({name})")
-    restore = getattr(module, "restore_pickled_attributes", None)
+    restore = getattr(module, "restore_post_init_attributes", None)
     if restore is not None:  # attributes set after construction (EG3D's neural_rendering_resolution)
         restore(state)
     return module.eval()
@@ -469,6 +469,8 @@ def save_safetensors(module: nn.Module, path: str | Path, metadata: dict[str, st
     path = Path(path)
     meta = {**(metadata or {}), "format": SAFETENSORS_FORMAT, "nvidia_class": spec.nvidia_name,
             "init_args": json.dumps(_jsonable(spec.init_args)), "init_kwargs": json.dumps(_jsonable(spec.init_kwargs))}
+    if hasattr(module, "post_init_attributes"):  # e.g. EG3D's neural_rendering_resolution
+        meta["attributes"] = json.dumps(_jsonable(module.post_init_attributes()))
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
@@ -496,6 +498,8 @@ def load_safetensors_network(path: str | Path) -> nn.Module:
                                  f"{meta.get('format')!r}, expected {SAFETENSORS_FORMAT!r})")
     module = build_network(meta["nvidia_class"], *json.loads(meta["init_args"]), **json.loads(meta["init_kwargs"]))
     _load_tensors(module, tensors, str(path))
+    if "attributes" in meta:
+        module.restore_post_init_attributes(json.loads(meta["attributes"]))
     return module.eval()
 
 
