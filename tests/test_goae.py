@@ -263,3 +263,26 @@ def test_released_layout():
     for key, shape in shapes.items():
         assert tuple(state[key].shape) == shape, key
     assert "swin_model.layers.2.blocks.1.attn_mask" not in state  # 16x16 tokens: one window, no shift
+
+
+def test_load_encoder_tells_goae_from_psp_by_contents(tiny, tmp_path):
+    """models.load_encoder (what cfg.inversion.encoder goes through) routes a GOAE state dict to
+    load_goae (here the released config, which this tiny file does not fit: GOAE's own error) and
+    binds GOAE only to a generator with its 14 x w_dim latents."""
+    from types import SimpleNamespace
+
+    from guide_ray.models import load_encoder
+    from guide_ray.weights import WeightsError
+
+    path = tmp_path / "encoder_FFHQ.pt"
+    torch.save(tiny.state_dict(), path)
+    with pytest.raises(ValueError, match="encoder_FFHQ.pt: .* differs from the one .* gives"):
+        load_encoder(path)
+    other = tmp_path / "other.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(WeightsError, match="other.pt is neither a GOAE encoder .* nor a pSp/e4e checkpoint"):
+        load_encoder(other)
+    eg3d_like = SimpleNamespace(name="eg3d", num_ws=14, w_dim=TINY.w_dim)
+    assert tiny.for_generator(eg3d_like) is tiny
+    with pytest.raises(ValueError, match="GOAE gives 14 x .* stylegan2 takes 18 x"):
+        tiny.for_generator(SimpleNamespace(name="stylegan2", num_ws=18, w_dim=TINY.w_dim))

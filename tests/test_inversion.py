@@ -163,6 +163,12 @@ def test_encoder_guess_starts_the_projection(dcgan, perceptual, photo):
     assert result.history[0] == pytest.approx(total_at_guess, rel=1e-5)
     assert result.history[0] != pytest.approx(losses_at(dcgan, dcgan.w_avg[None], target, perceptual, config)[2])
 
+    # 0 steps: the encoder's latent as is (the official GUIDE inverts with GOAE alone)
+    as_is = invert_photo(dcgan, photo, perceptual, replace(QUIET, steps=0), encoder=encoder)
+    assert torch.equal(as_is.ws, guess) and as_is.steps_run == 0
+    with pytest.raises(ValueError, match="0 only with an encoder"):
+        invert_photo(dcgan, photo, perceptual, replace(QUIET, steps=0))
+
     with pytest.raises(ValueError, match=r"offsets of shape \(1, 5\)"):
         encode(dcgan, lambda images: torch.zeros(1, 5), target)
 

@@ -18,7 +18,7 @@ from PIL import Image
 from guide_ray.core.config import load_config
 from guide_ray.core.inversion import LatentEncoder, encode
 from guide_ray.models.face_align import Face, landmarks5
-from guide_ray.models.identity import LANDMARKS5, arcface_box, load_identity_net, to_tensor
+from guide_ray.models.identity import LANDMARKS5, arcface_box, load_identity_net, mtcnn_photo_chip, to_tensor
 from guide_ray.models.insightface_backend import norm_crop
 from guide_ray.models.irse import load_backbone
 from guide_ray.models.psp import load_psp_encoder
@@ -223,14 +223,7 @@ def test_curricularface_layout_forward_and_conventions(curricular):
     with torch.no_grad():
         assert (net(x) - ref_embedding(sd, CURRICULAR, False, x)).abs().max() < 1e-5
 
-    # a photo: the 5-point similarity alignment onto the template (landmarks from 68 points)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (200, 180, 3), dtype=np.uint8)
-    lm = rng.uniform(60, 140, (68, 2))
-    lm[36:42], lm[42:48], lm[30], lm[48], lm[54] = (70, 80), (110, 80), (90, 105), (75, 125), (105, 125)
-    face = Face(box=(50, 50, 150, 150), landmarks=lm, score=1.0)
-    chip = net.photo_chip(image, face)
-    assert torch.equal(chip, to_tensor(norm_crop(image, landmarks5(face), 112)))
+    assert net._photo_crop is mtcnn_photo_chip  # photos: MTCNN's 5 points, as the paper's metric (test_mtcnn.py)
 
 
 def test_dataparallel_prefix_is_stripped(tmp_path):
@@ -422,6 +415,12 @@ def test_encoder_errors_name_the_file(tmp_path, curricular):
 
 
 def test_encoder_is_selected_by_config(tmp_path):
+    from guide_ray.models import load_encoder
+    from guide_ray.models.psp import PSPEncoder
+
+    path = save_checkpoint(tmp_path / "psp_ffhq_encode.pt", "GradualStyleEncoder", encoder_state("GradualStyleEncoder"),
+                           torch.randn(N_STYLES, W_DIM))
+    assert isinstance(load_encoder(path), PSPEncoder)  # what the pipeline's Networks loads
     cfg = load_config(overrides=[f"inversion.encoder={tmp_path / 'psp_ffhq_encode.pt'}"])
     assert cfg.inversion.encoder == str(tmp_path / "psp_ffhq_encode.pt")
     assert load_config().inversion.encoder is None

@@ -144,3 +144,25 @@ def test_boxes_outside_the_image_are_dropped(mtcnn):
     assert mtcnn._refine(img, outside).shape == (0, 5)
     boxes, marks = mtcnn._output(img, outside)
     assert boxes.shape == (0, 5) and marks.shape == (0, 5, 2)
+
+
+def test_the_metric_photo_chip_is_mtcnn_aligned_on_the_detected_face(aligner):
+    """CurricularFace's photo crop (identity.mtcnn_photo_chip): MTCNN's 5 points of the face the
+    detector picked, onto the ArcFace template; with two people, the chosen one's."""
+    from guide_ray.models.identity import mtcnn_photo_chip
+    from guide_ray.models.insightface_backend import norm_crop
+    from guide_ray.models.mtcnn import default_mtcnn
+
+    a, b = photo("P001", "studio_portrait", 256), photo("P002", "studio_portrait", 256)
+    h = min(len(a), len(b))
+    pair = np.ascontiguousarray(np.concatenate([a[:h], b[:h]], axis=1))
+    _, _, marks = default_mtcnn().detect(pair)
+    faces = aligner.detect(pair)
+    assert len(marks) == 2 and len(faces) == 2
+    for face in faces:
+        chip = mtcnn_photo_chip(pair, face, 112)
+        centre_x = (face.box[0] + face.box[2]) / 2
+        mine = marks[int(np.argmin([abs(m[:, 0].mean() - centre_x) for m in marks]))]
+        assert torch.equal(chip, torch.from_numpy(norm_crop(pair, mine, 112)).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    with pytest.raises(FaceError, match="MTCNN finds no face"):
+        mtcnn_photo_chip(np.zeros((120, 120, 3), np.uint8), faces[0], 112)

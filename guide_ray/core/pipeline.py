@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..images import labelled_grid, save_png, to_uint8
-from ..models import load_identity_net, load_perceptual
+from ..models import load_encoder, load_identity_net, load_perceptual
 from ..models.identity import cosine
 from .checkpoint import metadata_json, save_trainable
 from .config import GuideConfig, config_hash, to_dict
@@ -63,11 +63,8 @@ class Networks:
         self.perceptual = load_perceptual(cfg.perceptual_net, self.device).to(memory_format=fmt)
         self.id_loss = load_identity_net(cfg.id_loss_net, self.device).to(memory_format=fmt)
         self.id_metric = load_identity_net(cfg.id_metric_net, self.device)
-        self.encoder = None  # the inversion's encoder (cfg.inversion.encoder), bound to a generator by encoder_for
-        if cfg.inversion.encoder:
-            from ..models.psp import load_psp_encoder
-
-            self.encoder = load_psp_encoder(cfg.inversion.encoder, self.device)
+        # the inversion's encoder (cfg.inversion.encoder: GOAE, pSp or e4e), bound to a generator by encoder_for
+        self.encoder = load_encoder(cfg.inversion.encoder, self.device) if cfg.inversion.encoder else None
         self._inception = None
         self.fid_cache: dict[tuple, object] = {}  # G_s statistics, reused across identities
 

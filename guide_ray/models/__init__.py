@@ -53,5 +53,24 @@ def load_generator(spec: str | Path, device: str | torch.device | None = None,
     return gen.eval().to(device or default_device())
 
 
+def load_encoder(path: str | Path, device: str | torch.device | None = None):
+    """An inversion encoder checkpoint, recognised by its contents: GOAE's ``encoder_FFHQ.pt`` (for
+    EG3D) or a pSp / e4e checkpoint (for StyleGAN2). ``.for_generator(g)`` gives the LatentEncoder
+    (offsets from g's w_avg) for a generator."""
+    from .goae import load_goae
+    from .irse import load_torch_file
+    from .psp import load_psp_encoder
+
+    path = Path(path).expanduser()
+    contents = load_torch_file(path)
+    if isinstance(contents, dict) and any(str(k).startswith("swin_model.") for k in contents):
+        return load_goae(path, device or "cpu")
+    if isinstance(contents, dict) and "opts" in contents:
+        return load_psp_encoder(path, device)
+    keys = sorted(map(str, contents))[:6] if isinstance(contents, dict) else type(contents).__name__
+    raise weights.WeightsError(f"{path} is neither a GOAE encoder (swin_model.* tensors) nor a pSp/e4e checkpoint "
+                               f"(a dict with 'state_dict' and 'opts'); it holds {keys}")
+
+
 __all__ = ["Generator", "GENERATORS", "load_generator", "default_device", "DCGAN", "MobileStyleGAN",
-           "IdentityNet", "load_identity_net", "load_perceptual"]
+           "IdentityNet", "load_identity_net", "load_encoder", "load_perceptual"]

@@ -348,6 +348,13 @@ class GOAEEncoder(nn.Module):
             deltas.append(getattr(self, f"cross_att_{level}")(queries, kv))
         return base + torch.cat(deltas, 1)
 
+    def for_generator(self, generator) -> "GOAEEncoder":
+        """The LatentEncoder for ``generator``: GOAE's offsets are already from EG3D's w_avg."""
+        if (generator.num_ws, generator.w_dim) != (self.num_ws, self.config.w_dim):
+            raise ValueError(f"GOAE gives {self.num_ws} x {self.config.w_dim} latents; {generator.name} takes "
+                             f"{generator.num_ws} x {generator.w_dim} (GOAE inverts into EG3D)")
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
             raise ValueError(f"GOAE encodes square RGB images [B, 3, S, S], got {tuple(images.shape)}")

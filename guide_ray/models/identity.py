@@ -105,6 +105,21 @@ def arcface_photo_chip(image: np.ndarray, face, size: int) -> torch.Tensor:
     return to_tensor(norm_crop(image, landmarks5(face), size))
 
 
+def mtcnn_photo_chip(image: np.ndarray, face, size: int) -> torch.Tensor:
+    """The paper's ID-metric alignment: MTCNN's 5 points onto the ArcFace template. Of MTCNN's faces,
+    the one whose box centre is nearest the detected ``face``'s (so both detectors agree on who)."""
+    from .face_align import FaceError
+    from .insightface_backend import norm_crop
+    from .mtcnn import default_mtcnn
+
+    boxes, _, landmarks = default_mtcnn().detect(image)
+    if not len(boxes):
+        raise FaceError("MTCNN finds no face where the face detector found one")
+    centre = np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2])
+    nearest = int(np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - centre, axis=1).argmin())
+    return to_tensor(norm_crop(image, landmarks[nearest], size))
+
+
 class IdentityNet(nn.Module):
     """An identity embedder: ``forward(chips)`` -> [B, dim] embeddings (differentiable unless the
     backend is ONNX); ``photo_chip`` applies the network's own crop to a detected face;
@@ -181,11 +196,10 @@ def load_identity_net(spec: str | Path = "dlib-resnet34", device: str | torch.de
         if layout.se:  # TreB1eN's IR-SE50 as pSp and GUIDE use it: their fixed crop of generated faces
             net = IdentityNet(f"arcface-{layout.name}:{path.name}", backbone, size, GUIDE_ARCFACE_BOX,
                               layout.embedding, arcface_photo_chip)
-        else:  # CurricularFace's IR-101: chips on the ArcFace template (= MTCNN's 112 px reference points)
-            # Photos: GUIDE aligns them with MTCNN's 5 points; dlib's 5 points stand in here until
-            # models/mtcnn.py provides a photo_crop with the same signature.
+        else:  # CurricularFace's IR-101: photos aligned with MTCNN's 5 points, as the paper's metric;
+            # generated faces cropped on the ArcFace template (= MTCNN's 112 px reference points)
             net = IdentityNet(f"curricularface-{layout.name}:{path.name}", backbone, size,
-                              arcface_box(LANDMARKS5, size), layout.embedding, arcface_photo_chip)
+                              arcface_box(LANDMARKS5, size), layout.embedding, mtcnn_photo_chip)
     else:
         raise weights.WeightsError(f"identity network {spec!r} is neither a known name (dlib-resnet34, "
                                    f"facenet-vggface2, insightface:PACK) nor a .dat/.pb/.onnx/.pth file")
