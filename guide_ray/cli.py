@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("a", metavar="A.jpg")
     pi.add_argument("b", metavar="B.jpg")
     pi.add_argument("--net", default="facenet-vggface2",
-                    help="dlib-resnet34, facenet-vggface2, insightface:PACK, or a .dat/.pb/.onnx path")
+                    help="dlib-resnet34, facenet-vggface2, insightface:PACK, or a .dat/.pb/.onnx/.pth (IR-SE50, CurricularFace) path")
     pi.add_argument("--multiple", choices=("error", "largest"), default="error",
                     help="what to do with a photo holding several faces (default: refuse)")
     pi.add_argument("--device", default=None)

@@ -156,3 +156,16 @@ def test_frechet_distance_matches_scipy_sqrtm(n):
     root = scipy.linalg.sqrtm(s1 @ s2)
     reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root.real)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-7)
+
+
+def test_official_guides_feature_npy_gives_its_statistics(tmp_path):
+    """ΔFID_real's reference as the official GUIDE ships it: an .npy of [N, 2048] Inception features."""
+    feats = np.random.default_rng(0).normal(size=(40, 2048)).astype(np.float32)
+    np.save(tmp_path / "ffhq_real_feat.npy", feats)
+    loaded = FeatureStats.load(tmp_path / "ffhq_real_feat.npy")
+    assert loaded.n == 40
+    np.testing.assert_allclose(loaded.mu, feats.astype(np.float64).mean(0))
+    np.testing.assert_allclose(loaded.sigma, np.cov(feats.astype(np.float64), rowvar=False), atol=1e-12)
+    np.save(tmp_path / "wrong.npy", feats[:, :100])
+    with pytest.raises(ValueError, match=r"wrong.npy: not Inception features .*\[40, 100\]"):
+        FeatureStats.load(tmp_path / "wrong.npy")

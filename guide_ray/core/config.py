@@ -26,7 +26,7 @@ class EvalConfig:
     fid_samples: int | None = None  # None: 5000 on a GPU (the paper), 500 on CPU
     fid_seed: int = 123  # the same latents before and after unlearning
     fid_batch: int = 16
-    real_stats: str | None = None  # .npz statistics of real images, for ΔFID_real
+    real_stats: str | None = None  # real images for ΔFID_real: .npz statistics or .npy Inception features
     reinversion: bool = True  # invert the source photo into G_u again (beyond the paper)
     id_views: int = 11  # camera views averaged for 3D generators (yaw in ±π/12)
 

@@ -180,6 +180,13 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
+        """An .npz of statistics (``save``), or an .npy of [N, 2048] Inception features (as the official
+        GUIDE's ``ffhq_real_feat.npy``), whose statistics are computed here."""
+        if Path(path).suffix == ".npy":
+            feats = np.load(path)
+            if feats.ndim != 2 or feats.shape[1] != 2048 or len(feats) < 2:
+                raise ValueError(f"{path}: not Inception features (expected [N >= 2, 2048], got {list(feats.shape)})")
+            return cls.from_features(feats.astype(np.float64))
         with np.load(path) as z:
             missing = {"mu", "sigma", "n"} - set(z.files)
             if missing:
