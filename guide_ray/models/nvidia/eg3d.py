@@ -17,16 +17,15 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..generator import straight_through_clamp
+from ..generator import GeneratorBase, straight_through_clamp
 from .eg3d_render import ImportanceRenderer, RaySampler, camera_params, fov_to_intrinsics, look_at_camera
 from .ops import setup_filter
 from .pickle_io import allow_plain_class, register
-from .stylegan2 import FullyConnectedLayer, Generator as StyleGAN2Backbone, SynthesisBlock, SynthesisLayer, ToRGBLayer
+from .stylegan2 import FullyConnectedLayer, Generator as StyleGAN2Backbone, SynthesisBlock
 
 PLANE_CHANNELS = 32  # features per plane; the backbone draws 3 x 32 channels
 
@@ -51,61 +50,16 @@ class OSGDecoder(nn.Module):
         return {"rgb": torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001, "sigma": x[..., :1]}
 
 
-class SynthesisBlockNoUp(nn.Module):
+class SynthesisBlockNoUp(SynthesisBlock):
     """A StyleGAN2 synthesis block that keeps its input's resolution: conv0 and conv1 at
     ``resolution``, the incoming image passed on without upsampling (NVIDIA's superresolution.py)."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last, architecture="skip",
-                 resample_filter=(1, 3, 3, 1), conv_clamp=256, use_fp16=False, fp16_channels_last=False,
-                 fused_modconv_default=True, **layer_kwargs):
+    up = 1
+
+    def __init__(self, *args, architecture="skip", **kwargs):
         if architecture not in ("orig", "skip"):  # NVIDIA's 'resnet' variant upsamples its skip path: it cannot run
             raise ValueError(f"SynthesisBlockNoUp: architecture must be 'orig' or 'skip', got {architecture!r}")
-        super().__init__()
-        self.in_channels = in_channels
-        self.w_dim = w_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.is_last = is_last
-        self.architecture = architecture
-        self.use_fp16 = use_fp16  # accepted; computes in float32 (as stylegan2.py)
-        self.fused_modconv_default = fused_modconv_default
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
-        self.num_conv = 0
-        self.num_torgb = 0
-        if in_channels == 0:
-            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
-        else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution,
-                                        conv_clamp=conv_clamp, **layer_kwargs)
-            self.num_conv += 1
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim=w_dim, resolution=resolution,
-                                    conv_clamp=conv_clamp, **layer_kwargs)
-        self.num_conv += 1
-        if is_last or architecture == "skip":
-            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
-            self.num_torgb += 1
-
-    def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, update_emas=False, **layer_kwargs):
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_conv + self.num_torgb, self.w_dim):
-            raise ValueError(f"ws must be [B, {self.num_conv + self.num_torgb}, {self.w_dim}], got {tuple(ws.shape)}")
-        w_iter = iter(ws.unbind(dim=1))
-        if fused_modconv is None:
-            fused_modconv = self.fused_modconv_default
-        if fused_modconv == "inference_only":
-            fused_modconv = not self.training
-        if self.in_channels == 0:
-            x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
-        else:
-            if x.shape[1:] != (self.in_channels, self.resolution, self.resolution):
-                raise ValueError(f"x must be [B, {self.in_channels}, {self.resolution}, {self.resolution}], "
-                                 f"got {tuple(x.shape)}")
-            x = x.to(torch.float32)
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        if self.is_last or self.architecture == "skip":
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
-            img = img + y if img is not None else y
-        return x, img
+        super().__init__(*args, architecture=architecture, **kwargs)
 
 
 class _HybridSuperresolution(nn.Module):
@@ -328,7 +282,7 @@ GUIDE_YAW_RANGE = math.pi / 12
 GUIDE_VIEWS = 11
 
 
-class EG3D(nn.Module):
+class EG3D(GeneratorBase):
     """The Generator protocol over a ``TriPlaneGenerator`` ``G``, with GUIDE's cameras.
 
     - ``mapping(z, c)``: c is the mapping's conditioning camera, GUIDE's front camera (yaw = pitch =
@@ -368,12 +322,12 @@ class EG3D(nn.Module):
         self.register_buffer("intrinsics", fov_to_intrinsics(fov_deg), persistent=False)
 
     @property
-    def device(self) -> torch.device:
-        return self.w_avg.device
-
-    @property
     def w_avg(self) -> torch.Tensor:
         return self.G.backbone.mapping.w_avg
+
+    @property
+    def synthesis_net(self) -> nn.Module:  # what LTU fine-tunes: backbone.synthesis, as the official code
+        return self.G.backbone.synthesis
 
     # --- cameras -------------------------------------------------------------------------------------
     def camera(self, yaw: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
@@ -397,23 +351,10 @@ class EG3D(nn.Module):
         return self.camera(yaw, torch.full_like(yaw, math.pi / 2 + self.pitch_offset))
 
     # --- the protocol --------------------------------------------------------------------------------
-    def z_from_seed(self, seed: int) -> torch.Tensor:
-        """The latent of a seed, as NVIDIA's generate scripts draw it (NumPy RandomState)."""
-        return torch.from_numpy(np.random.RandomState(seed).randn(1, self.z_dim).astype(np.float32)).to(self.device)
-
     def mapping(self, z, c=None, truncation_psi: float = 1.0):
         if c is None:
             c = self.conditioning_camera(len(z))
         return self.G.mapping(z, c.to(z.device).expand(len(z), -1), truncation_psi=truncation_psi)
-
-    def broadcast_ws(self, ws: torch.Tensor) -> torch.Tensor:
-        """Accept W ([B, w_dim]) or W+ ([B, num_ws, w_dim]); return W+."""
-        if ws.ndim == 2:
-            ws = ws.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"{self.name}: ws must be [B, {self.w_dim}] or "
-                             f"[B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
-        return ws
 
     def _camera_for(self, c, batch: int) -> torch.Tensor:
         if c is None:
@@ -437,9 +378,6 @@ class EG3D(nn.Module):
 
     def synthesis(self, ws, c=None):
         return self.render(ws, c)[0]
-
-    def trainable_parameters(self):
-        return self.G.backbone.synthesis.parameters()
 
     def forward(self, z, c=None, truncation_psi: float = 1.0):
         return self.synthesis(self.mapping(z, None, truncation_psi), c)

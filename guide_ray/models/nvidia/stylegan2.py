@@ -19,7 +19,6 @@ implicitly in training mode.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -214,6 +213,8 @@ class ToRGBLayer(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution: [const or conv0 (2x up)], conv1, [torgb]; 'orig', 'skip' or 'resnet'."""
 
+    up = 2  # the input's upsampling factor (EG3D's SynthesisBlockNoUp: 1)
+
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last, architecture="skip",
                  resample_filter=(1, 3, 3, 1), conv_clamp=256, use_fp16=False, fp16_channels_last=False,
                  fused_modconv_default=True, **layer_kwargs):
@@ -235,7 +236,7 @@ class SynthesisBlock(nn.Module):
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=2,
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=self.up,
                                         resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs)
             self.num_conv += 1
         self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim=w_dim, resolution=resolution,
@@ -245,7 +246,7 @@ class SynthesisBlock(nn.Module):
             self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
             self.num_torgb += 1
         if in_channels != 0 and architecture == "resnet":
-            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
+            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=self.up,
                                     resample_filter=resample_filter)
 
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, update_emas=False, **layer_kwargs):
@@ -259,7 +260,7 @@ class SynthesisBlock(nn.Module):
             x = self.const.to(torch.float32).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         else:
-            _check_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2], "x")
+            _check_shape(x, [None, self.in_channels, self.resolution // self.up, self.resolution // self.up], "x")
             x = x.to(torch.float32)
             if self.architecture == "resnet":
                 y = self.skip(x, gain=np.sqrt(0.5))
@@ -269,7 +270,7 @@ class SynthesisBlock(nn.Module):
             else:
                 x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
                 x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        if img is not None:
+        if img is not None and self.up > 1:
             _check_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2], "img")
             img = upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
@@ -379,22 +380,6 @@ class StyleGAN2(GeneratorBase):
         self.w_dim = G.w_dim
         self.num_ws = G.num_ws
         self.resolution = G.img_resolution
-
-    @classmethod
-    def from_file(cls, path, key: str = "G_ema", name: str | None = None) -> "StyleGAN2":
-        """From an NVIDIA network pickle (network ``key``, loaded safely) or a network saved by
-        ``pickle_io.save_safetensors``."""
-        from . import pickle_io
-
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            G = pickle_io.load_safetensors_network(path)
-        else:
-            G = pickle_io.load_network_pickle(path, key=key)
-        if not isinstance(G, Generator):
-            raise pickle_io.UnsupportedNetworkError(f"{path} holds a {G.nvidia_spec.nvidia_name}, not a StyleGAN2 "
-                                                    f"generator")
-        return cls(G, name=name or path.stem)
 
     @property
     def w_avg(self) -> torch.Tensor:
