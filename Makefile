@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 # A separate environment for native oracles that conflict with the main one (OpenCV 4.5.5 + NumPy 1).
 ORACLE ?= .venv-oracle
 OUT ?= outputs/demo
+UI_PORT ?= 5000
 
-.PHONY: demo ui test install dev weights clean
+.PHONY: demo ui mlflow-server head head-stop test install dev weights browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +37,37 @@ weights: $(VENV)/.installed
 demo: weights
 	$(BIN)/python -m guide_ray.fleet jobs/demo/ids.csv --generator dcgan-digiface64 \
 		--config jobs/configs/demo-cpu.yaml --out $(OUT)
-	@echo "MLflow UI: make ui   (then open http://127.0.0.1:5000)"
+	@echo "MLflow UI: make ui   (then open http://127.0.0.1:5000 and pick 'Model training' in the sidebar)"
 
-# The MLflow UI on the demo's store (OUT=... for another fleet's out dir).
+# The MLflow UI on the demo's store (OUT=... for another fleet's out dir), on loopback only.
 ui: $(VENV)/.installed
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port 5000
+	@test -f $(OUT)/mlflow.db || { echo "no MLflow store at $(OUT)/mlflow.db: run 'make demo' first (or OUT=a fleet's --out)"; exit 1; }
+	@echo "MLflow UI on $(OUT)/mlflow.db: http://127.0.0.1:$(UI_PORT) (Ctrl-C stops it)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
-test: dev weights $(ORACLE)/.installed
+# A shared MLflow tracking server (tracking/README.md): SQLite + local artifacts in outputs/mlflow on
+# 127.0.0.1:5000 (MLFLOW_DIR, MLFLOW_HOST, MLFLOW_PORT to change); fleets and sweeps log to it with
+# MLFLOW_TRACKING_URI=http://127.0.0.1:5000.
+mlflow-server: $(VENV)/.installed
+	MLFLOW=$(abspath $(BIN))/mlflow bash tracking/server.sh
+
+# A Ray head on this machine, dashboard and job server on 127.0.0.1 (cluster/README.md); head-stop runs `ray stop`.
+head: $(VENV)/.installed
+	RAY=$(abspath $(BIN))/ray bash cluster/local-head.sh start
+
+head-stop:
+	RAY=$(abspath $(BIN))/ray bash cluster/local-head.sh stop
+
+# Debian's Chromium + chromedriver for the MLflow UI browser test (installed when root with apt-get;
+# elsewhere that test skips).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+		|| echo "apt-get could not install chromium: the browser test will skip"; \
+	else echo "chromium/chromedriver missing (apt-get install chromium chromium-driver): the browser test will skip"; fi
+
+test: dev weights browser $(ORACLE)/.installed
 	GUIDE_RAY_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(BIN)/python -m pytest
 
 clean:

@@ -292,7 +292,7 @@ class Fleet:
     def __init__(self, specs: list[IdentitySpec], cfg: GuideConfig, generator: str, mode: str, out: Path,
                  tracking_uri: str | None, workers: int | None, gpus_per_worker: float, show_progress: bool = True,
                  ray_address: str | None = None):
-        from .tracking import Tracker, default_uri
+        from .tracking import Tracker, model_name, resolve_uri
 
         self.specs, self.cfg, self.generator, self.mode = specs, cfg, generator, mode
         self.out = Path(out).resolve()
@@ -300,7 +300,8 @@ class Fleet:
         self.fleet_key = f"{mode}-{Path(generator).name}-{self.cfg_hash}"
         self.runs = self.out / "runs" / self.fleet_key
         self.ledger = Ledger(self.out / "ledger.parquet")
-        self.tracker = Tracker(tracking_uri or default_uri(self.out), self.out / "mlartifacts")
+        self.tracker = Tracker(resolve_uri(tracking_uri, self.out), self.out / "mlartifacts")
+        self.model_name = model_name(generator)
         self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
         self.ray_address = ray_address
         self.parent = self.tracker.parent_run(
@@ -337,10 +338,52 @@ class Fleet:
         row = {**_ledger_row(self.fleet_key, self.mode, self.generator, self.cfg_hash, step, result, run_dir, attempt),
                "mlflow_run_id": mlflow_id}
         self.ledger.upsert([row])
+        if self.mode == "parallel" and row["status"] == "finished":
+            self._register(row, [row["id"]], json.loads(row["metrics_json"]))
         return row
+
+    def _register(self, row: dict, identities: list[str], metrics: dict) -> None:
+        """Register the generator of ``row``'s run (it has erased ``identities``) in the Model Registry."""
+        tags = {"identities": ";".join(identities), "config_hash": self.cfg_hash, "fleet_key": self.fleet_key,
+                "mode": self.mode, "base_generator": self.generator, "checkpoint_uri": row["checkpoint_uri"],
+                **{f"metric_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags)
+
+    def _register_finished(self, rows: dict[str, dict], ok: bool, earlier: list[str]) -> None:
+        """parallel: the generators of the identities an earlier run of this fleet finished (a crash
+        may have come before their registration; it is idempotent), the others were registered as
+        they finished; sequential: the final generator, once every identity is erased."""
+        if self.mode == "parallel":
+            for ident in earlier:
+                self._register(rows[ident], [ident], json.loads(rows[ident]["metrics_json"]))
+        elif ok:
+            final = json.loads((self.runs / "final.json").read_text())
+            erosion = {f"id_now_{i}": v for i, v in final["erosion"]["id"].items()}
+            self._register(rows[self.specs[-1].id], [s.id for s in self.specs],
+                           {**erosion, "fid_pre_vs_original": final["erosion"]["fid_pre_vs_original"]})
+
+    def _review(self, rows: dict[str, dict]) -> list[Path]:
+        """The parent run's files: summary table (CSV, HTML), ID and FID_pre per identity, and in
+        sequential mode the ID of every identity erased so far after each step."""
+        from . import review
+
+        folder = self.runs / "_review"  # ids start with a letter or digit: no identity folder is named so
+        table = review.summary_rows([s.id for s in self.specs], rows)
+        files = review.write_summary(table, folder, f"fleet {self.fleet_key}")
+        files.append(review.metrics_plot(table, folder / "metrics.png", f"fleet {self.fleet_key}"))
+        if self.mode == "sequential":
+            history = self.tracker.step_history(self.parent)
+            order = [s.id for s in self.specs]
+            ids_after = {i: history[f"id_now_{i}"] for i in order if f"id_now_{i}" in history}
+            if ids_after:
+                files.append(review.erosion_plot(order, ids_after, history.get("fid_pre_vs_original", {}),
+                                                 folder / "erosion.png", f"fleet {self.fleet_key}: erosion"))
+        return files
 
     def run(self) -> int:
         from tqdm import tqdm
+
+        from .tracking import is_server
 
         previous = self.ledger.fleet(self.fleet_key)
         todo = [s for s in self.specs if previous.get(s.id, {}).get("status") != "finished"]
@@ -370,10 +413,14 @@ class Fleet:
         ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)
         print(summary_table(self.specs, rows))
         finished = [r for r in rows.values() if r["status"] == "finished"]
+        self._register_finished(rows, ok, [i for i in rows if i in previous and previous[i]["status"] == "finished"])
         self.tracker.finish(self.parent, ok, {"identities_finished": len(finished),
-                                              "identities_failed": len(self.specs) - len(finished)})
-        print(f"ledger: {self.ledger.path}\nruns:   {self.runs}\nMLflow: {self.tracker.uri} "
-              f"(open with: mlflow ui --backend-store-uri {self.tracker.uri})")
+                                              "identities_failed": len(self.specs) - len(finished)},
+                            self._review(rows))
+        uri = self.tracker.uri
+        print(f"ledger: {self.ledger.path}\nruns:   {self.runs}\nMLflow: {uri} " +
+              (f"(open {uri} in a browser)" if is_server(uri) else f"(open with: mlflow ui --backend-store-uri {uri})")
+              + f"; generators registered as {self.model_name}")
         return 0 if ok else 1
 
     def _parallel(self, todo, previous, counts, note, bar) -> None:
@@ -446,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="actors (parallel mode); default: one per GPU, else 1")
     p.add_argument("--gpus-per-worker", type=float, default=1.0)
     p.add_argument("--out", default="outputs/fleet", help="ledger, runs and the default MLflow store")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                   "sqlite:///OUT/mlflow.db)")
     p.add_argument("--resume", action="store_true", help="rerun the fleet saved in OUT/fleet.json "
                    "(same mode, generator and config); finished identities are skipped")
     p.add_argument("--skip-invalid", action="store_true", help="run the good rows of a CSV with bad ones")

@@ -103,19 +103,3 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
         except (ImageCms.PyCMSError, OSError):
             pass  # an unusable embedded profile: fall back to Pillow's plain conversion
     return im.convert("RGB")
-
-
-def labelled_grid(rows: list[list[tuple[str, np.ndarray]]], tile: int = 256) -> np.ndarray:
-    """Rows of (label, HxWx3 uint8) pictures, each resized to ``tile`` px with its label above it."""
-    from PIL import ImageDraw
-
-    label_h = 18
-    cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * tile, len(rows) * (tile + label_h)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(rows):
-        for c, (label, picture) in enumerate(row):
-            x, y = c * tile, r * (tile + label_h)
-            draw.text((x + 4, y + 3), label, fill=(0, 0, 0))
-            canvas.paste(Image.fromarray(picture).resize((tile, tile), Image.LANCZOS), (x, y + label_h))
-    return np.asarray(canvas)

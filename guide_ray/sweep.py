@@ -12,9 +12,11 @@ id_now + drift_weight x drift. A trial that runs to the end is evaluated in full
     score        = unlearning + fid_weight x preservation        (single-objective runs)
 
 The sweep writes OUT/trials.csv, the Pareto front of (unlearning, preservation) as OUT/pareto.csv,
-OUT/pareto.md and OUT/pareto.png, logs a parent MLflow run with a nested run per trial, and
-``--export-best PATH`` writes a chosen trial's full configuration as YAML for the fleet. An
-interrupted sweep resumes from OUT/tune/NAME when run again: finished trials are not rerun.
+OUT/pareto.md and OUT/pareto.png, every trial across its parameters and objectives as
+OUT/parallel_coordinates.png, logs a parent MLflow run (holding those files) with a nested run per
+trial, and ``--export-best PATH`` writes a chosen trial's full configuration as YAML for the
+fleet. An interrupted sweep resumes from OUT/tune/NAME when run again: finished trials are not
+rerun.
 The method is core.*; this layer only schedules it.
 """
 
@@ -390,8 +392,10 @@ def _fmt(v) -> str:
 
 
 def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict], list[Path]]:
-    """trials.csv, pareto.csv/.md/.png; returns the front and the files."""
+    """trials.csv, pareto.csv/.md/.png, parallel_coordinates.png; returns the front and the files."""
     import matplotlib
+
+    from .review import parallel_coordinates
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -431,6 +435,10 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict]
     fig.savefig(out / "pareto.png")
     plt.close(fig)
     files.append(out / "pareto.png")
+    files.append(parallel_coordinates(rows, [*sweep.space, "unlearning", "preservation"],
+                                      out / "parallel_coordinates.png", color_by="score",
+                                      title=f"{sweep.name}: {len(rows)} trials (dashed: stopped early or failed)",
+                                      log_axes={k for k, p in sweep.space.items() if p.log}))
     return front, files
 
 
@@ -539,7 +547,7 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
     from ray import tune
 
     from .fleet import ray_session, read_ids, worker_env
-    from .tracking import Tracker, default_uri
+    from .tracking import Tracker, resolve_uri
 
     out = sweep.out_dir
     saved, fingerprint = out / "sweep.json", json.loads(json.dumps(sweep.fingerprint()))
@@ -551,7 +559,7 @@ def run_sweep(sweep: Sweep, ray_address: str | None = None, tracking_uri: str | 
     identities, _ = read_ids(sweep.ids)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     sweep_key = f"{sweep.name}-{digest}"
-    uri = tracking_uri or default_uri(out)
+    uri = resolve_uri(tracking_uri, out)
     tracker = Tracker(uri, out / "mlartifacts", EXPERIMENT)
     parent = tracker.parent_run("sweep", sweep_key, f"sweep {sweep_key}",
                                 {"generator": sweep.generator, "ids": str(sweep.ids), "objectives": sweep.objectives,
@@ -612,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a key of the sweep file (dotted: space.d.high=40, set.iterations=100)")
     p.add_argument("--out", help="results, the Tune experiment and the default MLflow store "
                    "(default: the file's `out`, else outputs/sweeps/NAME)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                   "sqlite:///OUT/mlflow.db)")
     p.add_argument("--ray-address", help="a Ray cluster (default: RAY_ADDRESS, else a running local cluster, "
                    "else an embedded one); 'local' always starts an embedded one")
     p.add_argument("--export-best", metavar="PATH", help="write the picked trial's configuration as fleet YAML")

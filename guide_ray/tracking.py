@@ -3,17 +3,22 @@
 A fleet (or a sweep) is a parent run; each identity (or trial) a nested run (tag
 ``mlflow.parentRunId``). An identity's run has the resolved config as params, ID / ID_others /
 re-inversion ID / FID_pre and the losses over iterations as metrics, the grid, result.json and the
-checkpoint as artifacts; a trial's, its sampled params and last report. Logging is idempotent: a
-rerun finds the parent by its key and skips identities (trials) already logged, so a resumed
-fleet or sweep never duplicates a record.
+checkpoint as artifacts; a trial's, its sampled params and last report. Unlearned generators
+are registered in the Model Registry (one registered model per base generator, a version per
+generator with its identities, config hash and metrics as tags). Logging is idempotent: a rerun
+finds the parent by its key and skips identities (trials) and versions already logged, so a
+resumed fleet or sweep never duplicates a record.
 
-The default store is a SQLite file with local artifacts beside it; any tracking URI works.
+The store: ``--tracking-uri``, else MLFLOW_TRACKING_URI, else a SQLite file with local artifacts
+under the fleet's (sweep's) out dir.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 from pathlib import Path
 
@@ -28,8 +33,19 @@ MAX_CHECKPOINT_ARTIFACT_MB = 200  # larger checkpoints are logged as a pointer (
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
 
-def default_uri(out: Path) -> str:
-    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+def resolve_uri(explicit: str | None, out: Path) -> str:
+    """The tracking URI: ``explicit`` (--tracking-uri), else MLFLOW_TRACKING_URI, else OUT/mlflow.db."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server (which owns its artifact store), not a database or folder read directly."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def model_name(generator: str) -> str:
+    """The registered model holding the unlearned generators of ``generator`` (a name or a path)."""
+    return "guide_ray-" + re.sub(r"[^A-Za-z0-9_-]+", "-", Path(generator).stem).strip("-")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -48,7 +64,8 @@ class Tracker:
         self.uri = uri
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            local = artifact_root and not is_server(uri)
+            location = Path(artifact_root).resolve().as_uri() if local else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
@@ -135,6 +152,33 @@ class Tracker:
             self.client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
         self.client.set_terminated(run.info.run_id, status="FAILED" if status == "error" else "FINISHED")
         return run.info.run_id
+
+    def step_history(self, parent_id: str) -> dict[str, dict[int, float]]:
+        """What ``fleet_step`` logged (with the parent's other metrics): {metric: {step: value}}; a
+        step logged twice, by a rerun, keeps its latest value."""
+        history = {}
+        for key in self.client.get_run(parent_id).data.metrics:
+            points = sorted(self.client.get_metric_history(parent_id, key), key=lambda m: m.timestamp)
+            history[key] = {m.step: m.value for m in points}
+        return history
+
+    def register_generator(self, name: str, run_id: str, tags: dict[str, object]) -> str:
+        """Register the unlearned generator logged in ``run_id`` (its artifacts: checkpoint.safetensors,
+        result.json with the base generator and config hash) as a version of ``name``; return the
+        version. A run already registered under ``name`` keeps its version (a resumed fleet)."""
+        for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            return version.version
+        if not self.client.search_registered_models(f"name = '{name}'"):
+            self.client.create_registered_model(
+                name, description="Unlearned generators made by guide_ray (GUIDE) from one base generator. "
+                "Each version is a run's checkpoint.safetensors (load it with --checkpoint on top of the base "
+                "generator named in its tags); promote the one you approve with an alias.")
+        source = self.client.get_run(run_id).info.artifact_uri
+        version = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items() if v is not None},
+            await_creation_for=0)
+        self.client.set_tag(run_id, "registered_model", f"{name} v{version.version}")
+        return version.version
 
     def finish(self, parent_id: str, ok: bool, summary: dict[str, float], files: list[Path] = ()) -> None:
         now = int(time.time() * 1000)

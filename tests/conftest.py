@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,10 +64,11 @@ def cluster(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"  # for the job client in this process too
     port, dash = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # the agent on a free port: an embedded Ray started by another test takes the default one (52365)
     subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--disable-usage-stats"], env=env, check=True, capture_output=True,
-                   timeout=180)
+                    f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
     try:
         yield {"env": env, "gcs": f"127.0.0.1:{port}", "jobs": f"http://127.0.0.1:{dash}", "ray": ray_bin}
     finally:
@@ -81,3 +83,62 @@ def wait_for(predicate, timeout: float, what: str):
             return found
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mlflow_fleet(tmp_path_factory, tiny_generator):
+    """A real `mlflow server` started by tracking/server.sh on loopback (SQLite, artifacts served over
+    HTTP) and two fleets that logged to it with --tracking-uri http://127.0.0.1:PORT: identities P001
+    (a photo and one other photo) and s1 (a seed) on the tiny generator, in parallel mode then in
+    sequential mode, on one embedded Ray. Yields the tracking URI, the experiment, the fleets' out
+    dir, the generator, the fleets' CLI arguments and the server's folder."""
+    import ray
+
+    from guide_ray import fleet
+    from guide_ray.tracking import EXPERIMENT
+
+    require_weights(*NETS)
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "MLFLOW": str(Path(sys.executable).parent / "mlflow"), "MLFLOW_WORKERS": "1"}
+    with open(root / "server.log", "wb") as log:
+        server = subprocess.Popen(["bash", str(Path(__file__).resolve().parents[1] / "tracking" / "server.sh"),
+                                   "--port", uri.rsplit(":", 1)[1], "--dir", str(root / "store")],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: _http_ok(f"{uri}/health") or server.poll() is not None, 120, "the MLflow server")
+        assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+        photo = "weights://openpeople/P001/assets/{}.jpg"
+        ids = root / "ids.csv"
+        ids.write_text(f"id,image,seed,others\nP001,{photo.format('studio_portrait')},,{photo.format('studio_posture')}"
+                       "\ns1,,1,\n")
+        out = root / "out"
+        quick = ["iterations=4", "checkpoint_every=2", "evaluation.fid_samples=16", "evaluation.fid_batch=8",
+                 "inversion.steps=4", "latent_pool=4"]
+        args = [str(ids), "--generator", str(tiny_generator), "--out", str(out), "--tracking-uri", uri,
+                "--no-progress", *[a for s in quick for a in ("--set", s)]]
+        ray.init(address="local", include_dashboard=False)  # one Ray for both fleets (they reuse a running one)
+        try:
+            for mode in ("parallel", "sequential"):
+                assert fleet.main([*args, "--mode", mode]) == 0, mode
+        finally:
+            ray.shutdown()
+        yield {"uri": uri, "experiment": EXPERIMENT, "out": out, "generator": tiny_generator, "args": args,
+               "server_dir": root / "store"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -17,9 +17,7 @@ from PIL import Image
 
 from guide_ray.core.config import load_config
 from guide_ray.core.inversion import LatentEncoder, encode
-from guide_ray.models.face_align import Face, landmarks5
-from guide_ray.models.identity import LANDMARKS5, arcface_box, load_identity_net, mtcnn_photo_chip, to_tensor
-from guide_ray.models.insightface_backend import norm_crop
+from guide_ray.models.identity import LANDMARKS5, arcface_box, load_identity_net, mtcnn_photo_chip
 from guide_ray.models.irse import load_backbone
 from guide_ray.models.psp import load_psp_encoder
 from guide_ray.weights import WeightsError

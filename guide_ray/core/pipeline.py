@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..images import labelled_grid, save_png, to_uint8
+from ..images import save_png, to_uint8
 from ..models import load_encoder, load_identity_net, load_perceptual
 from ..models.identity import cosine
 from .checkpoint import metadata_json, save_trainable
@@ -126,16 +126,21 @@ def check_output_folder(out: Path, cfg_hash: str, overwrite: bool) -> dict | Non
 @dataclass
 class SourceLatents:
     """w_u, the image it stands for (the aligned photo, or G_s(w_u) for a seed), the other photos'
-    latents ([K, num_ws, w_dim] or None) and the inversion's final losses."""
+    latents ([K, num_ws, w_dim] or None), the inversion's final losses and the other photos as
+    aligned ([K, 3, R, R], for the review grid)."""
 
     w_u: torch.Tensor
     source_image: torch.Tensor
     w_others: torch.Tensor | None
     inversion_losses: dict | None = None
+    others_images: torch.Tensor | None = None
 
     def to(self, device) -> "SourceLatents":
-        return SourceLatents(self.w_u.to(device), self.source_image.to(device),
-                             None if self.w_others is None else self.w_others.to(device), self.inversion_losses)
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return SourceLatents(self.w_u.to(device), self.source_image.to(device), move(self.w_others),
+                             self.inversion_losses, move(self.others_images))
 
 
 def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks,
@@ -153,8 +158,9 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     else:
         fit = invert(spec.image)
         w_u, source_image, losses = fit.ws, fit.target, fit.losses
-    others = [invert(p).ws for p in spec.others]
-    return SourceLatents(w_u, source_image, torch.cat(others) if others else None, losses)
+    others = [invert(p) for p in spec.others]
+    return SourceLatents(w_u, source_image, torch.cat([o.ws for o in others]) if others else None, losses,
+                         torch.cat([o.target for o in others]) if others else None)
 
 
 def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks, out: str | Path, *,
@@ -206,7 +212,10 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
                                 generator.name, metadata_json({"identity": spec.id, "config_hash": cfg_hash}))
     torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
                out / "latents.pt")
-    save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image), out / "grid.png")
+    title = (f"{spec.id} | {generator.name} | ID {metrics['id']:.3f} | FID_pre {metrics['fid_pre']:.2f}"
+             + ("" if ltu.status == "finished" else f" | {ltu.status}"))
+    save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image if spec.image else None,
+                      sources.others_images, title), out / "grid.png")
     first_step = resume["step"] if resume else 0  # a resumed run's history starts where it resumed
     write_json(out / "losses.json", [{"step": first_step + i, **h} for i, h in enumerate(ltu.history)])
     times["total_s"] = time.perf_counter() - t_start
@@ -269,13 +278,15 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
 
 
 @torch.no_grad()
-def run_grid(g_s, g_u, w_u, w_t, w_others, source_image):
-    """Rows: [source, G_s(w_u), G_s(w_t), G_u(w_u)], then [G_s(w_o), G_u(w_o)] per other photo."""
+def run_grid(g_s, g_u, w_u, w_t, w_others, photo, others_photos, title: str):
+    """The review grid (guide_ray.review.identity_grid): the source photo (None for a seed),
+    G_s(w_u), G_s(w_t), G_u(w_u), then each other photo (when known) with G_s(w_o) and G_u(w_o)."""
+    from ..review import identity_grid
+
     def pic(img):
         return to_uint8(img)[0]
 
-    rows = [[("source", pic(source_image)), ("G_s(w_u) before", pic(g_s.synthesis(w_u))),
-             ("G_s(w_t) target", pic(g_s.synthesis(w_t))), ("G_u(w_u) after", pic(g_u.synthesis(w_u)))]]
-    for i, w in enumerate(w_others if w_others is not None else []):
-        rows.append([(f"other {i + 1}: G_s", pic(g_s.synthesis(w[None]))), (f"other {i + 1}: G_u", pic(g_u.synthesis(w[None])))])
-    return labelled_grid(rows)
+    others = [(None if others_photos is None else pic(others_photos[i:i + 1]), pic(g_s.synthesis(w[None])),
+               pic(g_u.synthesis(w[None]))) for i, w in enumerate(w_others if w_others is not None else [])]
+    return identity_grid(title, pic(g_s.synthesis(w_u)), pic(g_s.synthesis(w_t)), pic(g_u.synthesis(w_u)),
+                         None if photo is None else pic(photo), others)
