@@ -43,7 +43,7 @@ demo: weights
 ui: $(VENV)/.installed
 	@test -f $(OUT)/mlflow.db || { echo "no MLflow store at $(OUT)/mlflow.db: run 'make demo' first (or OUT=a fleet's --out)"; exit 1; }
 	@echo "MLflow UI on $(OUT)/mlflow.db: http://127.0.0.1:$(UI_PORT) (Ctrl-C stops it)"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 # A shared MLflow tracking server (tracking/README.md): SQLite + local artifacts in outputs/mlflow on
 # 127.0.0.1:5000 (MLFLOW_DIR, MLFLOW_HOST, MLFLOW_PORT to change); fleets and sweeps log to it with

@@ -85,6 +85,16 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a process started with start_new_session=True and its children; SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _http_ok(url: str) -> bool:
     import urllib.request
 
@@ -136,9 +146,4 @@ def mlflow_fleet(tmp_path_factory, tiny_generator):
         yield {"uri": uri, "experiment": EXPERIMENT, "out": out, "generator": tiny_generator, "args": args,
                "server_dir": root / "store"}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)

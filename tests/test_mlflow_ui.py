@@ -4,8 +4,6 @@ identity runs nested under it, and an identity run's artifacts show its grid ima
 are kept for a person to look at. Also `make ui`: one command from a fleet's own store to the UI."""
 
 import io
-import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +15,7 @@ from PIL import Image
 
 from guide_ray.tracking import Tracker, resolve_uri
 from tests.browser import artifacts_dir, chromium, require_chromium, screenshot, text_xpath, wait
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, stop_process_group, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,9 +104,4 @@ def test_make_ui_serves_a_fleet_store(tmp_path, monkeypatch):
         assert png == (run_dir / "grid.png").read_bytes()
         assert Image.open(io.BytesIO(png)).size == (96, 32)
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
+        stop_process_group(ui)
