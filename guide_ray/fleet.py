@@ -31,6 +31,7 @@ from pathlib import Path
 from .core.config import ConfigError, GuideConfig, config_hash, from_dict, load_config, to_dict
 from .core.pipeline import IdentitySpec, write_json
 from .images import ImageError, load_image
+from .weights import CACHE_ENV
 
 COLUMNS = ("id", "image", "seed", "others")
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -144,7 +145,7 @@ def ray_session(address: str | None):
 
 def worker_env() -> dict | None:
     """The runtime_env that points Ray workers at this process's weights cache."""
-    return {"env_vars": {"GUIDE_RAY_CACHE": os.environ["GUIDE_RAY_CACHE"]}} if "GUIDE_RAY_CACHE" in os.environ else None
+    return {"env_vars": {CACHE_ENV: os.environ[CACHE_ENV]}} if CACHE_ENV in os.environ else None
 
 
 class FleetError(RuntimeError):
@@ -237,11 +238,12 @@ class IdentityWorker:
         from .core.evaluate import (default_fid_samples, fid_scores, generator_fingerprint, generator_stats,
                                     identity_similarity)
 
+        ev = self.cfg.evaluation
         ids = {}
         for ident, latents in erased:
             w_u = torch.load(latents, map_location=self.generator.device, weights_only=True)["w_u"]
-            ids[ident] = float(identity_similarity(self.nets.id_metric, self.original, self.generator, w_u)[0])
-        ev = self.cfg.evaluation
+            ids[ident] = float(identity_similarity(self.nets.id_metric, self.original, self.generator, w_u,
+                                                   ev.id_views)[0])
         samples = ev.fid_samples or default_fid_samples(self.nets.device)
         key = (generator_fingerprint(self.original), samples, ev.fid_seed)
         if key not in self.nets.fid_cache:
@@ -274,15 +276,20 @@ def _fmt(v, spec=".3f"):
     return format(v, spec) if isinstance(v, (int, float)) and v == v else "–"
 
 
-def summary_table(specs: list[IdentitySpec], rows: dict[str, dict]) -> str:
+def erosion_metrics(erosion: dict) -> dict[str, float]:
+    """Sequential mode, after a step: ID of every identity erased so far (id_now_ID) and FID_pre
+    against the original generator, as logged on the fleet run and tagged on the final version."""
+    return {**{f"id_now_{i}": v for i, v in erosion["id"].items()}, "fid_pre_vs_original": erosion["fid_pre_vs_original"]}
+
+
+def summary_table(table: list[dict]) -> str:
+    """The console view of ``review.summary_rows``."""
     head = f"{'identity':16s} {'status':9s} {'ID':>7s} {'ID_oth':>7s} {'re-inv':>7s} {'FID_pre':>8s} {'ID now':>7s}  error"
     lines = [head, "-" * len(head)]
-    for s in specs:
-        r = rows.get(s.id, {})
-        lines.append(f"{s.id[:16]:16s} {r.get('status', 'not run'):9s} {_fmt(r.get('metric_id')):>7s} "
-                     f"{_fmt(r.get('metric_id_others')):>7s} {_fmt(r.get('metric_reinversion_id')):>7s} "
-                     f"{_fmt(r.get('metric_fid_pre'), '.2f'):>8s} {_fmt(r.get('id_now')):>7s}  "
-                     f"{(r.get('error') or '')[:80]}")
+    for r in table:
+        lines.append(f"{r['identity'][:16]:16s} {r['status']:9s} {_fmt(r['ID']):>7s} {_fmt(r['ID_others']):>7s} "
+                     f"{_fmt(r['re-inversion ID']):>7s} {_fmt(r['FID_pre'], '.2f'):>8s} {_fmt(r['ID now']):>7s}  "
+                     f"{r['error'][:80]}")
     return "\n".join(lines)
 
 
@@ -358,17 +365,14 @@ class Fleet:
                 self._register(rows[ident], [ident], json.loads(rows[ident]["metrics_json"]))
         elif ok:
             final = json.loads((self.runs / "final.json").read_text())
-            erosion = {f"id_now_{i}": v for i, v in final["erosion"]["id"].items()}
-            self._register(rows[self.specs[-1].id], [s.id for s in self.specs],
-                           {**erosion, "fid_pre_vs_original": final["erosion"]["fid_pre_vs_original"]})
+            self._register(rows[self.specs[-1].id], [s.id for s in self.specs], erosion_metrics(final["erosion"]))
 
-    def _review(self, rows: dict[str, dict]) -> list[Path]:
+    def _review(self, table: list[dict]) -> list[Path]:
         """The parent run's files: summary table (CSV, HTML), ID and FID_pre per identity, and in
         sequential mode the ID of every identity erased so far after each step."""
         from . import review
 
         folder = self.runs / "_review"  # ids start with a letter or digit: no identity folder is named so
-        table = review.summary_rows([s.id for s in self.specs], rows)
         files = review.write_summary(table, folder, f"fleet {self.fleet_key}")
         files.append(review.metrics_plot(table, folder / "metrics.png", f"fleet {self.fleet_key}"))
         if self.mode == "sequential":
@@ -383,6 +387,7 @@ class Fleet:
     def run(self) -> int:
         from tqdm import tqdm
 
+        from . import review
         from .tracking import is_server
 
         previous = self.ledger.fleet(self.fleet_key)
@@ -411,12 +416,13 @@ class Fleet:
         bar.close()
         rows = self.ledger.fleet(self.fleet_key)
         ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)
-        print(summary_table(self.specs, rows))
+        table = review.summary_rows([s.id for s in self.specs], rows)
+        print(summary_table(table))
         finished = [r for r in rows.values() if r["status"] == "finished"]
         self._register_finished(rows, ok, [i for i in rows if i in previous and previous[i]["status"] == "finished"])
         self.tracker.finish(self.parent, ok, {"identities_finished": len(finished),
                                               "identities_failed": len(self.specs) - len(finished)},
-                            self._review(rows))
+                            self._review(table))
         uri = self.tracker.uri
         print(f"ledger: {self.ledger.path}\nruns:   {self.runs}\nMLflow: {uri} " +
               (f"(open {uri} in a browser)" if is_server(uri) else f"(open with: mlflow ui --backend-store-uri {uri})")
@@ -460,8 +466,7 @@ class Fleet:
                 erosion = result["erosion"]
                 self.ledger.upsert([{"fleet_key": self.fleet_key, "id": i, "id_now": v, "id_now_after": spec.id}
                                     for i, v in erosion["id"].items()])
-                self.tracker.fleet_step(self.parent, step, {**{f"id_now_{i}": v for i, v in erosion["id"].items()},
-                                                            "fid_pre_vs_original": erosion["fid_pre_vs_original"]})
+                self.tracker.fleet_step(self.parent, step, erosion_metrics(erosion))
                 write_json(self.runs / "final.json", {"checkpoint": start_from, "after": spec.id, "step": step,
                                                       "erosion": erosion})
             note(row)

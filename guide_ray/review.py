@@ -83,7 +83,8 @@ def summary_rows(ids: list[str], ledger: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _cell(v) -> str:
+def cell(v) -> str:
+    """A table cell: '' for None, 4 significant digits for a float."""
     return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
@@ -94,10 +95,10 @@ def write_summary(rows: list[dict], folder: Path, title: str) -> list[Path]:
     with open(folder / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
-        writer.writerows({k: _cell(r[k]) for k in SUMMARY_COLUMNS} for r in rows)
+        writer.writerows({k: cell(r[k]) for k in SUMMARY_COLUMNS} for r in rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in SUMMARY_COLUMNS)
     body = "\n".join(
-        f'<tr class="{html.escape(r["status"])}">' + "".join(f"<td>{html.escape(_cell(r[c]))}</td>"
+        f'<tr class="{html.escape(r["status"])}">' + "".join(f"<td>{html.escape(cell(r[c]))}</td>"
                                                             for c in SUMMARY_COLUMNS) + "</tr>" for r in rows)
     done = sum(r["status"] == "finished" for r in rows)
     (folder / "summary.html").write_text(
@@ -113,7 +114,8 @@ def write_summary(rows: list[dict], folder: Path, title: str) -> list[Path]:
     return [folder / "summary.csv", folder / "summary.html"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (workers and CI have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +126,7 @@ def _pyplot():
 
 def metrics_plot(rows: list[dict], path: Path, title: str) -> Path:
     """ID and FID_pre per identity, side by side (identities without a value are marked)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["identity"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.8 + 0.35 * max(3, len(rows))), dpi=110, sharey=True)
     for ax, key, color, note in ((axes[0], "ID", "tab:red", "lower = more forgotten"),
@@ -149,7 +151,7 @@ def erosion_plot(order: list[str], ids_after: dict[str, dict[int, float]], fid_a
                  path: Path, title: str) -> Path:
     """Sequential mode: after step k (identity ``order[k]`` erased), the ID of every identity
     erased so far (one line each) and FID_pre of the current generator against the original."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 1.1 * len(order)), 6.5), dpi=110, sharex=True,
                                       gridspec_kw={"height_ratios": [2, 1]})
     for ident in order:
@@ -193,7 +195,7 @@ def parallel_coordinates(rows: list[dict], axes: list[str], path: Path, color_by
     """One line per trial across ``axes`` (each scaled to its own min..max, log10 for ``log_axes``,
     labelled at both ends); complete trials are coloured by ``color_by`` (lower = darker), the
     others dashed grey."""
-    plt = _pyplot()
+    plt = pyplot()
     if not axes:
         raise ValueError("parallel_coordinates: no axes to draw")
     columns = {a: _axis([r.get(a) for r in rows], a in log_axes) for a in axes}

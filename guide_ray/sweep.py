@@ -316,7 +316,8 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
 
     def progress(step: int) -> dict:
         with torch.no_grad():
-            ids = [float(identity_similarity(nets.id_metric, run.problem.g_s, run.generator, src.w_u)[0])
+            ids = [float(identity_similarity(nets.id_metric, run.problem.g_s, run.generator, src.w_u,
+                                             cfg.evaluation.id_views)[0])
                    for _, src, run in runs]
             drift = [float(terms.perceptual_distance(terms.perceptual_features(run.generator.synthesis(proxy_ws)),
                                                      proxy_before).mean()) for _, _, run in runs]
@@ -385,20 +386,11 @@ def trial_rows(grid, space: dict[str, Param]) -> list[dict]:
     return rows
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict], list[Path]]:
     """trials.csv, pareto.csv/.md/.png, parallel_coordinates.png; returns the front and the files."""
-    import matplotlib
+    from .review import cell, parallel_coordinates, pyplot
 
-    from .review import parallel_coordinates
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     complete = [r for r in rows if r["status"] == "complete"]
     front = sorted(pareto_front(complete), key=lambda r: r["unlearning"])
@@ -414,7 +406,7 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict]
     md = [f"Pareto front of sweep `{sweep.name}` ({len(complete)} complete trials of {len(rows)}; "
           f"{sum(r['status'] == 'stopped early' for r in rows)} stopped early by ASHA). Lower is better.", "",
           "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    md += ["| " + " | ".join(_fmt(r[k]) for k in shown) + " |" for r in front]
+    md += ["| " + " | ".join(cell(r[k]) for k in shown) + " |" for r in front]
     (out / "pareto.md").write_text("\n".join(md) + "\n")
     files.append(out / "pareto.md")
 
@@ -635,10 +627,6 @@ def main(argv: list[str] | None = None) -> int:
             sweep.out = Path(args.out)
         if args.pick not in OBJECTIVES and not args.export_best:
             raise SweepError("--pick needs --export-best")
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         rows, front, _ = run_sweep(sweep, args.ray_address, args.tracking_uri, verbose=0 if args.quiet else 1)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -95,14 +95,15 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _http_ok(url: str) -> bool:
+def fetch(url: str) -> bytes | None:
+    """The body at ``url``, or None when it cannot be had (not up yet, an error status)."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read()
     except OSError:
-        return False
+        return None
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +127,7 @@ def mlflow_fleet(tmp_path_factory, tiny_generator):
                                    "--port", uri.rsplit(":", 1)[1], "--dir", str(root / "store")],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: _http_ok(f"{uri}/health") or server.poll() is not None, 120, "the MLflow server")
+        wait_for(lambda: fetch(f"{uri}/health") is not None or server.poll() is not None, 120, "the MLflow server")
         assert server.poll() is None, (root / "server.log").read_text()[-3000:]
         photo = "weights://openpeople/P001/assets/{}.jpg"
         ids = root / "ids.csv"

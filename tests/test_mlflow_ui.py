@@ -6,7 +6,6 @@ are kept for a person to look at. Also `make ui`: one command from a fleet's own
 import io
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,9 @@ from PIL import Image
 
 from guide_ray.tracking import Tracker, resolve_uri
 from tests.browser import artifacts_dir, chromium, require_chromium, screenshot, text_xpath, wait
-from tests.conftest import free_port, stop_process_group, wait_for
+from tests.conftest import fetch, free_port, stop_process_group, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def fetch(url: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.read()
-    except OSError:
-        return None
 
 
 def test_fleet_runs_and_grid_in_the_mlflow_ui(mlflow_fleet, tmp_path):

@@ -136,3 +136,23 @@ def test_unlearn_cli_refuses_a_finished_run(tmp_path, capsys):
                      "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "already holds a finished run" in err and "--overwrite" in err
+
+
+def test_an_encoder_only_inversion_runs_end_to_end(nets, tmp_path, monkeypatch):
+    """inversion.steps=0 with an encoder (the paper configs: GOAE's latent as is): the photo's latent
+    is the encoder's, and the re-inversion into G_u also starts from (here: is) the encoder's latent."""
+    from guide_ray import weights
+
+    class ConstantOffsets:  # an encoder whose latent is w_avg + 0.3 for any photo
+        def for_generator(self, g):
+            return lambda images: torch.full((len(images), g.num_ws, g.w_dim), 0.3, device=images.device)
+
+    monkeypatch.setattr(nets, "encoder", ConstantOffsets())
+    cfg = load_config(overrides=QUICK + ["inversion.steps=0"])
+    photo = weights.directory("openpeople") / "P001" / "assets" / "studio_portrait.jpg"
+    g = dcgan()
+    result = run_identity(g, IdentitySpec("P001", image=photo), cfg, nets, tmp_path / "run", show_progress=False)
+    assert result["status"] == "finished"
+    w_u = torch.load(tmp_path / "run" / "latents.pt", weights_only=True)["w_u"]
+    torch.testing.assert_close(w_u, (dcgan().w_avg + 0.3).expand_as(w_u))
+    assert math.isfinite(result["metrics"]["reinversion_id"])

@@ -21,11 +21,11 @@ from ..models.fid import FeatureStats, InceptionFeatures
 from ..models.identity import cosine
 
 
-def evaluation_views(generator) -> list[torch.Tensor | None]:
-    """The cameras ID is averaged over: each row of a 3D generator's ``evaluation_cameras()`` (GUIDE:
+def evaluation_views(generator, n: int = 11) -> list[torch.Tensor | None]:
+    """The cameras ID is averaged over: each row of a 3D generator's ``evaluation_cameras(n)`` (GUIDE:
     11 yaws over [-pi/12, pi/12]); [None] (the generator's own view) for a camera-free generator."""
     cameras = getattr(generator, "evaluation_cameras", None)
-    return [None] if cameras is None else list(cameras().split(1))
+    return [None] if cameras is None else list(cameras(n).split(1))
 
 
 @torch.no_grad()
@@ -36,11 +36,11 @@ def generated_identity(metric_net, generator, ws: torch.Tensor, camera: torch.Te
 
 
 @torch.no_grad()
-def identity_similarity(metric_net, g_s, g_u, ws: torch.Tensor) -> torch.Tensor:
+def identity_similarity(metric_net, g_s, g_u, ws: torch.Tensor, views: int = 11) -> torch.Tensor:
     """[B] cos(metric(G_s(w)), metric(G_u(w))) for each latent (the paper's ID / ID_others); for a
     3D generator the mean over its evaluation views, as the official evaluate_id.py."""
     per_view = [cosine(generated_identity(metric_net, g_s, ws, view), generated_identity(metric_net, g_u, ws, view))
-                for view in evaluation_views(g_s)]
+                for view in evaluation_views(g_s, views)]
     return torch.stack(per_view).mean(0)
 
 

@@ -148,9 +148,10 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
         raise ValueError(f"steps must be at least 1 (0 only with an encoder: its latent as is), got {config.steps}")
     target = _fit_target(target, generator)
     target_perceptual = _for_perceptual(target, config.perceptual_size)
-    needs_samples = config.noise_strength > 0 or (init_ws is None and config.init == "mean_of_samples")
+    noisy = config.steps > 0 and config.noise_strength > 0  # 0 steps: no mapped samples needed for it
+    needs_samples = noisy or (init_ws is None and config.init == "mean_of_samples")
     samples = _mapped_latents(generator, config.init_samples, config.seed) if needs_samples else None
-    noise_scale = config.noise_strength * float(samples.std(0).mean()) if config.noise_strength > 0 else 0.0
+    noise_scale = config.noise_strength * float(samples.std(0).mean()) if noisy else 0.0
     noise_gen = torch.Generator(device=generator.device).manual_seed(config.seed)
 
     latent = _initial_latent(generator, config, init_ws, samples).requires_grad_(True)

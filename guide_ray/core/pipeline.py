@@ -26,7 +26,7 @@ from .checkpoint import metadata_json, save_trainable
 from .config import GuideConfig, config_hash, to_dict
 from .evaluate import (default_fid_samples, fid_scores, generated_identity, generator_fingerprint, generator_stats,
                        identity_similarity)
-from .inversion import ProjectionResult, invert_photo, project, random_source
+from .inversion import ProjectionResult, encode, invert_photo, project, random_source
 from .ltu import unlearn
 from .ufo import whole_norm
 
@@ -246,17 +246,20 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
                  show_progress: bool = False) -> dict:
     """ID, ID_others, re-inversion ID, FID_pre (and ΔFID_real with real statistics)."""
     ev = cfg.evaluation
-    metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u)[0])}
+    metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u, ev.id_views)[0])}
     source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
     metrics["id_target"] = float(cosine(source_and_target[0], source_and_target[1]))  # how far UFO moved
     if w_others is not None:
-        each = identity_similarity(nets.id_metric, g_s, g_u, w_others)
+        each = identity_similarity(nets.id_metric, g_s, g_u, w_others, ev.id_views)
         metrics["id_others"] = float(each.mean())
         metrics["id_others_each"] = [float(v) for v in each]
     if ev.reinversion:
         # The source image projected into G_u with a fresh projector: is the person still drawable?
+        # (from the encoder's latent when there is one, as the first inversion)
+        encoder = nets.encoder_for(g_u)
         fit = _project_with_bar(project, "re-inverting the source into G_u", cfg.inversion.steps, show_progress,
-                                g_u, source_image, nets.perceptual, cfg.inversion)
+                                g_u, source_image, nets.perceptual, cfg.inversion,
+                                init_ws=None if encoder is None else encode(g_u, encoder, source_image))
         with torch.no_grad():
             source_id = nets.id_metric.embed_generated(source_image, g_u.ffhq_box)
             metrics["reinversion_id"] = float(torch.nn.functional.cosine_similarity(
@@ -268,10 +271,12 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
     if key not in nets.fid_cache:
         nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
     real = None
-    if ev.real_stats:
+    if ev.real_stats:  # loaded once per Networks (its covariance factor is cached on it)
         from ..models.fid import FeatureStats
 
-        real = FeatureStats.load(ev.real_stats)
+        if ("real", ev.real_stats) not in nets.fid_cache:
+            nets.fid_cache[("real", ev.real_stats)] = FeatureStats.load(ev.real_stats)
+        real = nets.fid_cache[("real", ev.real_stats)]
     fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
     metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
     return metrics

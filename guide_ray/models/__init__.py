@@ -64,9 +64,9 @@ def load_encoder(path: str | Path, device: str | torch.device | None = None):
     path = Path(path).expanduser()
     contents = load_torch_file(path)
     if isinstance(contents, dict) and any(str(k).startswith("swin_model.") for k in contents):
-        return load_goae(path, device or "cpu")
+        return load_goae(path, device or "cpu", state=contents)
     if isinstance(contents, dict) and "opts" in contents:
-        return load_psp_encoder(path, device)
+        return load_psp_encoder(path, device, ckpt=contents)
     keys = sorted(map(str, contents))[:6] if isinstance(contents, dict) else type(contents).__name__
     raise weights.WeightsError(f"{path} is neither a GOAE encoder (swin_model.* tensors) nor a pSp/e4e checkpoint "
                                f"(a dict with 'state_dict' and 'opts'); it holds {keys}")

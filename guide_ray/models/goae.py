@@ -272,17 +272,12 @@ class SwinBackbone(nn.Module):
                 "coarse": coarse, "mid": mid, "fine": fine}
 
 
-def mlp(dims: list[int]) -> nn.Sequential:
-    """Linear layers with LeakyReLU(0.01) between them (and none after the last)."""
+def mlp(dims: list[int], act_last: bool = False) -> nn.Sequential:
+    """Linear layers with LeakyReLU(0.01) between them, and after the last one when ``act_last``."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(pairwise(dims)):
-        layers += [nn.Linear(a, b)] + ([nn.LeakyReLU()] if i < len(dims) - 2 else [])
+        layers += [nn.Linear(a, b)] + ([nn.LeakyReLU()] if act_last or i < len(dims) - 2 else [])
     return nn.Sequential(*layers)
-
-
-def lifted(dims: list[int]) -> nn.Sequential:
-    """Linear layers, each followed by LeakyReLU(0.01)."""
-    return nn.Sequential(*(m for a, b in pairwise(dims) for m in (nn.Linear(a, b), nn.LeakyReLU())))
 
 
 class CrossAttention(nn.Module):
@@ -320,11 +315,11 @@ class GOAEEncoder(nn.Module):
         # Keys/values: each level's channels to w_dim, plus the coarser level's tokens mapped up.
         # Released sizes: 512 -> 512; 256 -> 512; 128 -> 256 -> 512; tokens 256 -> 512 -> 1024;
         # 1024 -> 2048 -> 4096 (hidden widths are twice the inputs).
-        self.mapper_coarse_channel = lifted([c.dims[2], w])
-        self.mapper_mid_channel = lifted([c.dims[1], w])
-        self.mapper_fine_channel = lifted([e, 2 * e, w])
-        self.mapper_coarse_to_mid_spatial = lifted([t[2], 2 * t[2], t[1]])
-        self.mapper_mid_to_fine_spatial = lifted([t[1], 2 * t[1], t[0]])
+        self.mapper_coarse_channel = mlp([c.dims[2], w], act_last=True)
+        self.mapper_mid_channel = mlp([c.dims[1], w], act_last=True)
+        self.mapper_fine_channel = mlp([e, 2 * e, w], act_last=True)
+        self.mapper_coarse_to_mid_spatial = mlp([t[2], 2 * t[2], t[1]], act_last=True)
+        self.mapper_mid_to_fine_spatial = mlp([t[1], 2 * t[1], t[0]], act_last=True)
         for level in QUERIES:
             setattr(self, f"cross_att_{level}", CrossAttention(w, c.cross_heads, 2 * w))
 
@@ -369,18 +364,20 @@ def _is_derived(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
 
 
-def load_goae(path: str | Path, device: str | torch.device = "cpu", config: GOAEConfig = GOAEConfig()) -> GOAEEncoder:
+def load_goae(path: str | Path, device: str | torch.device = "cpu", config: GOAEConfig = GOAEConfig(),
+              state: dict | None = None) -> GOAEEncoder:
     """GOAE's encoder checkpoint (``encoder_FFHQ.pt``: the bare state dict of their ``GOAEncoder``)
     as an eval-mode, frozen ``GOAEEncoder``. Every learned tensor must be present with its shape and
     nothing else may be; the buffers Swin derives from the configuration (position tables, shift
     masks) may be absent, and where present must equal the ones ``config`` gives."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"GOAE encoder checkpoint {path} does not exist (GOAE's encoder_FFHQ.pt is expected)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from e
+    if state is None:  # else: the file's contents, already read
+        if not path.is_file():
+            raise FileNotFoundError(f"GOAE encoder checkpoint {path} does not exist (GOAE's encoder_FFHQ.pt is expected)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from e
     if not isinstance(state, dict) or not any(str(k).startswith("swin_model.") for k in state):
         raise ValueError(f"{path} is not a GOAE encoder state dict (no 'swin_model.*' tensors); "
                          f"GOAE's encoder_FFHQ.pt is expected")

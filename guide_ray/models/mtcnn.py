@@ -300,8 +300,3 @@ class MTCNN(nn.Module):
 def default_mtcnn() -> MTCNN:
     """One shared MTCNN on the CPU with the cached facenet-pytorch weights."""
     return MTCNN()
-
-
-def mtcnn_landmarks5(image: np.ndarray, source: str = "image") -> np.ndarray:
-    """[5, 2] MTCNN landmarks of the largest face in an HxWx3 uint8 RGB image (FaceError when none)."""
-    return default_mtcnn().landmarks5(image, source)

@@ -196,11 +196,12 @@ class GeneratorOffsets:
         return self.encoder.latents(images, self.w_avg) - self.w_avg
 
 
-def load_psp_encoder(path: str | Path, device: str | torch.device | None = None) -> PSPEncoder:
+def load_psp_encoder(path: str | Path, device: str | torch.device | None = None, ckpt: dict | None = None) -> PSPEncoder:
     """A pSp or e4e encoder from its training checkpoint (e.g. ``psp_ffhq_encode.pt``,
-    ``e4e_ffhq_encode.pt``), on ``device`` (CPU by default)."""
+    ``e4e_ffhq_encode.pt``), on ``device`` (CPU by default); ``ckpt``: the file's contents when
+    already read."""
     path = Path(path).expanduser()
-    ckpt = load_torch_file(path)
+    ckpt = load_torch_file(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "opts" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise WeightsError(f"{path} is not a pSp/e4e checkpoint (a dict with 'state_dict' and 'opts'); it holds "

@@ -10,7 +10,7 @@ from . import pickle_io
 from .stylegan2 import Generator, StyleGAN2
 
 
-def load_nvidia_generator(path: str | Path, key: str = "G_ema", name: str | None = None):
+def load_nvidia_generator(path: str | Path, key: str = "G_ema"):
     """Our Generator adapter over the network ``key`` of an NVIDIA pickle (read safely), or over a
     network saved by ``pickle_io.save_safetensors``: ``StyleGAN2`` or ``EG3D`` by the network's class."""
     path = Path(path)
@@ -18,7 +18,7 @@ def load_nvidia_generator(path: str | Path, key: str = "G_ema", name: str | None
         net = pickle_io.load_safetensors_network(path)
     else:
         net = pickle_io.load_network_pickle(path, key=key)
-    name = name or path.stem
+    name = path.stem
     if isinstance(net, eg3d.TriPlaneGenerator):
         return eg3d.EG3D(net, name=name)
     if isinstance(net, Generator):

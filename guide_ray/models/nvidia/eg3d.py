@@ -237,18 +237,6 @@ class TriPlaneGenerator(nn.Module):
             self._last_planes = planes
         return self.render_planes(planes, ws, c, neural_rendering_resolution, **synthesis_kwargs)
 
-    def sample(self, coordinates, directions, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False,
-               **synthesis_kwargs):
-        """Density and features at arbitrary points [B, M, 3] (shape extraction)."""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          update_emas=update_emas)
-        return self.sample_mixed(coordinates, directions, ws, update_emas=update_emas, **synthesis_kwargs)
-
-    def sample_mixed(self, coordinates, directions, ws, truncation_psi=1, truncation_cutoff=None, update_emas=False,
-                     **synthesis_kwargs):
-        planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
-        return self.renderer.run_model(planes, self.decoder, coordinates, directions, self.rendering_kwargs)
-
     def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
                 update_emas=False, cache_backbone=False, use_cached_backbone=False, **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
@@ -303,8 +291,6 @@ class EG3D(GeneratorBase):
     images unchanged, i.e. treats the frames as equal; so do we with (0, 0, 1, 1), until the box is
     measured on real EG3D samples.
     """
-
-    ffhq_box = (0.0, 0.0, 1.0, 1.0)
 
     def __init__(self, G: TriPlaneGenerator, name: str = "eg3d", *, fov_deg: float = GUIDE_FOV_DEG,
                  radius: float = GUIDE_RADIUS, pivot=GUIDE_PIVOT, pitch_offset: float = GUIDE_PITCH_OFFSET,

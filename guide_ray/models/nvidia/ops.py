@@ -14,7 +14,6 @@ False means true convolution.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,18 +31,21 @@ class Activation:
     def_gain: float
 
 
-# NVIDIA's table (torch_utils/ops/bias_act.py): default alpha and gain of each activation.
-activation_funcs: dict[str, Activation] = {
-    "linear": Activation(lambda x, a: x, 0.0, 1.0),
-    "relu": Activation(lambda x, a: F.relu(x), 0.0, math.sqrt(2)),
-    "lrelu": Activation(lambda x, a: F.leaky_relu(x, a), 0.2, math.sqrt(2)),
-    "tanh": Activation(lambda x, a: torch.tanh(x), 0.0, 1.0),
-    "sigmoid": Activation(lambda x, a: torch.sigmoid(x), 0.0, 1.0),
-    "elu": Activation(lambda x, a: F.elu(x), 0.0, 1.0),
-    "selu": Activation(lambda x, a: F.selu(x), 0.0, 1.0),
-    "softplus": Activation(lambda x, a: F.softplus(x), 0.0, 1.0),
-    "swish": Activation(lambda x, a: torch.sigmoid(x) * x, 0.0, math.sqrt(2)),
+# NVIDIA's activations (torch_utils/ops/bias_act.py); names and default alpha/gain from the one table
+# the compiled kernels also use (compiled.ACTIVATIONS).
+_FUNCS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "linear": lambda x, a: x,
+    "relu": lambda x, a: F.relu(x),
+    "lrelu": lambda x, a: F.leaky_relu(x, a),
+    "tanh": lambda x, a: torch.tanh(x),
+    "sigmoid": lambda x, a: torch.sigmoid(x),
+    "elu": lambda x, a: F.elu(x),
+    "selu": lambda x, a: F.selu(x),
+    "softplus": lambda x, a: F.softplus(x),
+    "swish": lambda x, a: torch.sigmoid(x) * x,
 }
+activation_funcs: dict[str, Activation] = {name: Activation(_FUNCS[name], spec.def_alpha, spec.def_gain)
+                                           for name, spec in compiled.ACTIVATIONS.items()}
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",

@@ -370,8 +370,6 @@ class StyleGAN2(GeneratorBase):
     fine-tunes ``G.synthesis``, as the official GUIDE code trains only the synthesis parameters.
     """
 
-    ffhq_box = (0.0, 0.0, 1.0, 1.0)
-
     def __init__(self, G: Generator, name: str = "stylegan2"):
         super().__init__()
         self.name = name
