@@ -21,7 +21,6 @@ import torch
 
 from guide_ray import weights
 from guide_ray.core.config import load_config
-from guide_ray.core.evaluate import different_person_level
 from guide_ray.core.pipeline import IdentitySpec, Networks, SourceLatents, invert_identity, run_identity
 from guide_ray.models import load_generator
 
@@ -84,24 +83,32 @@ def main(argv=None) -> int:
                 result = run_identity(g_u, spec, cfg, nets, run_dir, sources=sources[spec.id])
             results.setdefault(preset, []).append(result)
 
-    level = different_person_level(nets.id_metric)
+    level = nets.thresholds.id_level
     lines = [f"Generator `{args.generator}`, {args.iterations} LTU iterations, identities: "
              f"{', '.join(s.id for s in specs)} (photos: source = studio_portrait, others = "
              f"{', '.join(OTHER_PHOTOS)}). ID metric: `{base_cfg.id_metric_net}`; its different-person level on "
              f"openpeople (mean similarity between different identities) is **{level:.3f}**.",
-             "", "| Method | ID ↓ | ID_others ↓ | re-inversion ID ↓ | FID_pre ↓ | ID < different-person level |",
-             "|---|---|---|---|---|---|"]
+             "", "| Method | ID ↓ | ID_others ↓ | re-inversion ID ↓ | inversion ID ↑ | face kept ↑ | FID_pre ↓ "
+             "| ID < level | represented | erased |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for preset, label in rows:
         rs = results[preset]
-        ids = [r["metrics"]["id"] for r in rs]
-        others = [r["metrics"]["id_others"] for r in rs if "id_others" in r["metrics"]]
-        reinv = [r["metrics"]["reinversion_id"] for r in rs if "reinversion_id" in r["metrics"]]
-        fids = [r["metrics"]["fid_pre"] for r in rs]
+        m = [r["metrics"] for r in rs]
+        ids = [x["id"] for x in m]
+        others = [x["id_others"] for x in m if "id_others" in x]
+        reinv = [x["reinversion_id"] for x in m if "reinversion_id" in x]
+        inversion = [x["inversion_id"] for r, x in zip(rs, m) if r["source"]["image"]]  # seeds: 1 by construction
+        n = len(rs)
         below = sum(v < level for v in ids)
-        lines.append(f"| {label} | {fmt(ids)} | {fmt(others)} | {fmt(reinv)} | {fmt(fids)} | {below}/{len(ids)} |")
+        represented = sum(r["verdict_detail"]["represented"] for r in rs)
+        erased = sum(r["verdict"] == "erased" for r in rs)
+        lines.append(f"| {label} | {fmt(ids)} | {fmt(others)} | {fmt(reinv)} | {fmt(inversion)} | "
+                     f"{fmt([x['face_kept'] for x in m])} | {fmt([x['fid_pre'] for x in m])} | {below}/{n} | "
+                     f"{represented}/{n} | {erased}/{n} |")
     last_preset, last_label = rows[-1]
     lines += ["", f"Per identity ({last_label}): " + ", ".join(
-        f"{r['id']} ID {r['metrics']['id']:.3f}" for r in results[last_preset]),
+        f"{r['id']} {r['verdict']} (ID {r['metrics']['id']:.3f}, face kept {r['metrics']['face_kept']:.0%}, "
+        f"target d {r['latents']['d_used']:.3g})" for r in results[last_preset]),
               "", f"FID_pre on {results[last_preset][0]['metrics']['fid_samples']} samples (same latents before/after).",
               "", "Produced by:", "", "    python benchmarks/table1.py " + " ".join(argv if argv is not None else sys.argv[1:])]
     (out / "table1.md").write_text("\n".join(lines) + "\n")

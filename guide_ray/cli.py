@@ -127,10 +127,14 @@ def cmd_unlearn(args) -> int:
           f"({result['timings']['s_per_iteration'] or 0:.2f} s/iteration)")
     if result["message"]:
         print(result["message"], file=sys.stderr)
-    shown = {k: m[k] for k in ("id", "id_others", "reinversion_id", "inversion_id", "fid_pre", "delta_fid_real") if m.get(k) is not None}
+    shown = {k: m[k] for k in ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre",
+                               "delta_fid_real") if m.get(k) is not None}
     print("  " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"verdict: {result['verdict']} ({result['verdict_detail']['reason']})")
     print(f"wrote result.json, checkpoint.safetensors and grid.png to {Path(args.out).resolve()}")
-    return 0 if result["status"] == "finished" else 3
+    if result["status"] != "finished":
+        return 3
+    return 0 if result["verdict"] == "erased" else 4
 
 
 def cmd_evaluate(args) -> int:
@@ -140,6 +144,7 @@ def cmd_evaluate(args) -> int:
 
     from .core.config import from_dict, GuideConfig
     from .core.pipeline import Networks, evaluate_run, write_json
+    from .core.verdict import judge
     from .models import load_generator
 
     run = Path(args.run)
@@ -159,10 +164,14 @@ def cmd_evaluate(args) -> int:
         from .models.face_align import photo_to_generator_crop
 
         source = photo_to_generator_crop(result["source"]["image"], g_s.resolution, box=g_s.ffhq_box).to(g_s.device)
-    metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg,
-                           Networks(cfg, g_u.device), show_progress=True)
-    write_json(run / "evaluation.json", metrics)
+    nets = Networks(cfg, g_u.device)
+    photo = result["source"]["seed"] is None
+    metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets, photo,
+                           show_progress=True)
+    verdict = judge(metrics, photo, nets.thresholds)
+    write_json(run / "evaluation.json", {**metrics, "verdict": verdict.verdict, "verdict_detail": verdict.to_dict()})
     print(json.dumps(metrics, indent=2))
+    print(f"verdict: {verdict.verdict} ({verdict.reason})")
     return 0
 
 

@@ -30,12 +30,16 @@ from pathlib import Path
 
 from .core.config import ConfigError, GuideConfig, config_hash, from_dict, load_config, to_dict
 from .core.pipeline import IdentitySpec, write_json
+from .core.verdict import VERDICTS
 from .images import ImageError, load_image
 from .weights import CACHE_ENV
 
 COLUMNS = ("id", "image", "seed", "others")
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 WEIGHTS_PREFIX = "weights://"  # weights://openpeople/P001/assets/studio_portrait.jpg: a file of a pulled weight
+
+
+NOT_ALL_ERASED = 4  # exit status: every identity ran, but not every one was erased
 
 
 class IdsError(ValueError):
@@ -257,7 +261,7 @@ class IdentityWorker:
 def _metric_columns(result: dict) -> dict:
     m = result.get("metrics", {})
     return {f"metric_{k}": (float(m[k]) if m.get(k) is not None else None)
-            for k in ("id", "id_others", "reinversion_id", "fid_pre")}
+            for k in ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre")}
 
 
 def _ledger_row(fleet_key: str, mode: str, generator: str, cfg_hash: str, step: int, result: dict,
@@ -265,7 +269,9 @@ def _ledger_row(fleet_key: str, mode: str, generator: str, cfg_hash: str, step: 
     ckpt = result.get("checkpoint")
     return {
         "fleet_key": fleet_key, "id": result["id"], "mode": mode, "generator": generator, "config_hash": cfg_hash,
-        "status": result["status"], "step": step, **_metric_columns(result),
+        "status": result["status"], "verdict": result.get("verdict"),
+        "represented": result.get("verdict_detail", {}).get("represented"),
+        "verdict_reason": result.get("verdict_detail", {}).get("reason"), "step": step, **_metric_columns(result),
         "metrics_json": json.dumps(result.get("metrics", {})), "timings_json": json.dumps(result.get("timings", {})),
         "checkpoint_uri": Path(ckpt).resolve().as_uri() if ckpt else None, "run_dir": str(run_dir),
         "error": result.get("error") or result.get("message") or None, "attempt": attempt,
@@ -284,12 +290,16 @@ def erosion_metrics(erosion: dict) -> dict[str, float]:
 
 def summary_table(table: list[dict]) -> str:
     """The console view of ``review.summary_rows``."""
-    head = f"{'identity':16s} {'status':9s} {'ID':>7s} {'ID_oth':>7s} {'re-inv':>7s} {'FID_pre':>8s} {'ID now':>7s}  error"
+    head = (f"{'identity':16s} {'status':9s} {'verdict':15s} {'ID':>7s} {'ID_oth':>7s} {'re-inv':>7s} {'faces':>6s} "
+            f"{'FID_pre':>8s} {'ID now':>7s}  error")
     lines = [head, "-" * len(head)]
     for r in table:
-        lines.append(f"{r['identity'][:16]:16s} {r['status']:9s} {_fmt(r['ID']):>7s} {_fmt(r['ID_others']):>7s} "
-                     f"{_fmt(r['re-inversion ID']):>7s} {_fmt(r['FID_pre'], '.2f'):>8s} {_fmt(r['ID now']):>7s}  "
-                     f"{r['error'][:80]}")
+        lines.append(f"{r['identity'][:16]:16s} {r['status']:9s} {r['verdict'] or '–':15s} {_fmt(r['ID']):>7s} "
+                     f"{_fmt(r['ID_others']):>7s} {_fmt(r['re-inversion ID']):>7s} {_fmt(r['face kept'], '.0%'):>6s} "
+                     f"{_fmt(r['FID_pre'], '.2f'):>8s} {_fmt(r['ID now']):>7s}  {r['error'][:80]}")
+    counts = {v: sum(r["verdict"] == v for r in table) for v in VERDICTS}
+    lines.append("verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
+                 f" of {len(table)} identities" if any(counts.values()) else "verdicts: none yet")
     return "\n".join(lines)
 
 
@@ -346,13 +356,16 @@ class Fleet:
                "mlflow_run_id": mlflow_id}
         self.ledger.upsert([row])
         if self.mode == "parallel" and row["status"] == "finished":
-            self._register(row, [row["id"]], json.loads(row["metrics_json"]))
+            self._register(row, [row["id"]], json.loads(row["metrics_json"]), {row["id"]: row["verdict"]})
         return row
 
-    def _register(self, row: dict, identities: list[str], metrics: dict) -> None:
-        """Register the generator of ``row``'s run (it has erased ``identities``) in the Model Registry."""
+    def _register(self, row: dict, identities: list[str], metrics: dict, verdicts: dict[str, str]) -> None:
+        """Register the generator of ``row``'s run (it was asked to forget ``identities``; ``verdicts``
+        says what came of each) in the Model Registry; tag all_erased says whether it may be deployed."""
         tags = {"identities": ";".join(identities), "config_hash": self.cfg_hash, "fleet_key": self.fleet_key,
                 "mode": self.mode, "base_generator": self.generator, "checkpoint_uri": row["checkpoint_uri"],
+                "verdicts": ";".join(f"{i}={verdicts.get(i)}" for i in identities),
+                "all_erased": str(all(verdicts.get(i) == "erased" for i in identities)).lower(),
                 **{f"metric_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags)
 
@@ -362,10 +375,12 @@ class Fleet:
         they finished; sequential: the final generator, once every identity is erased."""
         if self.mode == "parallel":
             for ident in earlier:
-                self._register(rows[ident], [ident], json.loads(rows[ident]["metrics_json"]))
+                self._register(rows[ident], [ident], json.loads(rows[ident]["metrics_json"]),
+                               {ident: rows[ident].get("verdict")})
         elif ok:
             final = json.loads((self.runs / "final.json").read_text())
-            self._register(rows[self.specs[-1].id], [s.id for s in self.specs], erosion_metrics(final["erosion"]))
+            self._register(rows[self.specs[-1].id], [s.id for s in self.specs], erosion_metrics(final["erosion"]),
+                           {i: r.get("verdict") for i, r in rows.items()})
 
     def _review(self, table: list[dict]) -> list[Path]:
         """The parent run's files: summary table (CSV, HTML), ID and FID_pre per identity, and in
@@ -404,7 +419,8 @@ class Fleet:
             counts[row["status"] if row["status"] == "finished" else "failed"] += 1
             bar.update(1)
             bar.set_postfix(done=counts["finished"], running=counts["running"], failed=counts["failed"])
-            bar.write(f"{row['id']}: {row['status']}  ID {_fmt(row.get('metric_id'))}  FID_pre "
+            bar.write(f"{row['id']}: {row['status']}  {row.get('verdict') or ''}  ID {_fmt(row.get('metric_id'))}  "
+                      f"face kept {_fmt(row.get('metric_face_kept'), '.0%')}  FID_pre "
                       f"{_fmt(row.get('metric_fid_pre'), '.2f')}" + (f"  ({row['error']})" if row.get("error") else ""))
 
         if todo:
@@ -416,18 +432,23 @@ class Fleet:
         bar.close()
         rows = self.ledger.fleet(self.fleet_key)
         ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)
+        erased = sum(rows.get(s.id, {}).get("verdict") == "erased" for s in self.specs)
         table = review.summary_rows([s.id for s in self.specs], rows)
         print(summary_table(table))
         finished = [r for r in rows.values() if r["status"] == "finished"]
         self._register_finished(rows, ok, [i for i in rows if i in previous and previous[i]["status"] == "finished"])
-        self.tracker.finish(self.parent, ok, {"identities_finished": len(finished),
-                                              "identities_failed": len(self.specs) - len(finished)},
-                            self._review(table))
+        self.tracker.finish(self.parent, ok and erased == len(self.specs),
+                            {"identities_finished": len(finished), "identities_failed": len(self.specs) - len(finished),
+                             **{f"identities_{v}": sum(r.get("verdict") == v for r in rows.values()) for v in VERDICTS}},
+                            self._review(table),
+                            outcome=f"{erased} of {len(self.specs)} erased" + ("" if ok else ", some failed"))
         uri = self.tracker.uri
         print(f"ledger: {self.ledger.path}\nruns:   {self.runs}\nMLflow: {uri} " +
               (f"(open {uri} in a browser)" if is_server(uri) else f"(open with: mlflow ui --backend-store-uri {uri})")
               + f"; generators registered as {self.model_name}")
-        return 0 if ok else 1
+        if not ok:
+            return 1
+        return 0 if erased == len(self.specs) else NOT_ALL_ERASED
 
     def _parallel(self, todo, previous, counts, note, bar) -> None:
         import ray

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .core.verdict import VERDICTS
+
 TILE = 256  # px per picture in the identity grid
 LABEL_H = 24  # the label strip above each picture
 TITLE_H = 32  # the title strip at the top of the grid
-SUMMARY_COLUMNS = ("identity", "status", "ID", "ID_others", "re-inversion ID", "FID_pre", "ID now", "time_s", "error")
+SUMMARY_COLUMNS = ("identity", "status", "verdict", "ID", "ID_others", "re-inversion ID", "face kept", "FID_pre",
+                   "ID now", "time_s", "error")
 
 
 def _font(size: int):
@@ -75,9 +78,10 @@ def summary_rows(ids: list[str], ledger: dict[str, dict]) -> list[dict]:
     for ident in ids:
         r = ledger.get(ident, {})
         timings = json.loads(r.get("timings_json") or "{}")
-        rows.append({"identity": ident, "status": r.get("status", "not run"), "ID": _num(r.get("metric_id")),
-                     "ID_others": _num(r.get("metric_id_others")),
+        rows.append({"identity": ident, "status": r.get("status", "not run"), "verdict": r.get("verdict") or "",
+                     "ID": _num(r.get("metric_id")), "ID_others": _num(r.get("metric_id_others")),
                      "re-inversion ID": _num(r.get("metric_reinversion_id")),
+                     "face kept": _num(r.get("metric_face_kept")),
                      "FID_pre": _num(r.get("metric_fid_pre")), "ID now": _num(r.get("id_now")),
                      "time_s": _num(timings.get("total_s")), "error": r.get("error") or ""})
     return rows
@@ -98,18 +102,24 @@ def write_summary(rows: list[dict], folder: Path, title: str) -> list[Path]:
         writer.writerows({k: cell(r[k]) for k in SUMMARY_COLUMNS} for r in rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in SUMMARY_COLUMNS)
     body = "\n".join(
-        f'<tr class="{html.escape(r["status"])}">' + "".join(f"<td>{html.escape(cell(r[c]))}</td>"
+        f'<tr class="{html.escape(" ".join(filter(None, (r["status"], r["verdict"]))))}">' + "".join(f"<td>{html.escape(cell(r[c]))}</td>"
                                                             for c in SUMMARY_COLUMNS) + "</tr>" for r in rows)
     done = sum(r["status"] == "finished" for r in rows)
+    verdicts = ", ".join(f"{sum(r['verdict'] == v for r in rows)} {v}" for v in VERDICTS
+                         if any(r["verdict"] == v for r in rows))
     (folder / "summary.html").write_text(
         f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif} table{border-collapse:collapse} th,td{border:1px solid #ccc;padding:4px 8px}"
         " td{text-align:right} td:first-child,td:nth-child(2),td:last-child{text-align:left}"
-        " tr.failed,tr.diverged{background:#fdd}</style></head><body>\n"
-        f"<h3>{html.escape(title)}</h3><p>{done} of {len(rows)} identities finished. ID / ID_others: identity "
+        " tr.failed,tr.diverged,tr.face_destroyed,tr.not_represented,tr.not_erased{background:#fdd}"
+        "</style></head><body>\n"
+        f"<h3>{html.escape(title)}</h3><p>{done} of {len(rows)} identities finished"
+        f"{': ' + html.escape(verdicts) if verdicts else ''}. Verdict: erased = ID below the metric's "
+        "different-person level with every after-image a face; not_erased; face_destroyed = G_u no longer draws a "
+        "face there; not_represented = the photo's inversion is not the person. ID / ID_others: identity "
         "similarity of G_s and G_u on the person's latents; re-inversion ID: the photo against its re-inversion "
-        "into G_u; ID now: ID on the final generator (sequential mode); lower = more forgotten. FID_pre: G_u "
-        "against G_s (lower = less changed).</p>\n"
+        "into G_u; face kept: share of after-images that are faces; ID now: ID on the final generator "
+        "(sequential mode); lower = more forgotten. FID_pre: G_u against G_s (lower = less changed).</p>\n"
         f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></body></html>\n")
     return [folder / "summary.csv", folder / "summary.html"]
 

@@ -7,11 +7,14 @@ after each block it reports the mean ID so far and a cheap preservation proxy (t
 drift of G_u from G_s on a few fixed latents), which ASHA ranks by ``progress_score`` =
 id_now + drift_weight x drift. A trial that runs to the end is evaluated in full:
 
-    unlearning   = mean over identities of mean(ID, ID_others)   (ID alone for seeds)
+    unlearning   = mean over identities of mean(ID, ID_others)   (ID alone for seeds), where an
+                   identity whose verdict is not "erased" counts as 1 (a smear, a person the
+                   generator cannot draw or one still there is never a success)
     preservation = mean over identities of FID_pre
     score        = unlearning + fid_weight x preservation        (single-objective runs)
 
-The sweep writes OUT/trials.csv, the Pareto front of (unlearning, preservation) as OUT/pareto.csv,
+The sweep writes OUT/trials.csv, the Pareto front of (unlearning, preservation) over the trials
+that erased every identity as OUT/pareto.csv,
 OUT/pareto.md and OUT/pareto.png, every trial across its parameters and objectives as
 OUT/parallel_coordinates.png, logs a parent MLflow run (holding those files) with a nested run per
 trial, and ``--export-best PATH`` writes a chosen trial's full configuration as YAML for the
@@ -295,6 +298,7 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
     from .core.evaluate import identity_similarity
     from .core.ltu import Unlearning
     from .core.pipeline import Networks, evaluate_run
+    from .core.verdict import judge
     from .models import load_generator
 
     started_at = time.time()
@@ -307,7 +311,8 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
     for spec in identities:
         src = sources[spec.id].to(device)
         generator = load_generator(sweep.generator, device)
-        runs.append((spec.id, src, Unlearning(generator, src.w_u, cfg, nets.id_loss, nets.perceptual)))
+        runs.append((spec.id, src, Unlearning(generator, src.w_u, cfg, nets.id_loss, nets.perceptual,
+                                              face_check=nets.faces)))
     g_s, terms = runs[0][2].problem.g_s, runs[0][2].problem.terms
     with torch.no_grad():  # the preservation proxy's latents and their frozen perceptual features
         rng = torch.Generator().manual_seed(cfg.evaluation.fid_seed + 1)
@@ -315,9 +320,10 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
         proxy_before = terms.perceptual_features(g_s.synthesis(proxy_ws))
 
     def progress(step: int) -> dict:
-        with torch.no_grad():
+        with torch.no_grad():  # an identity whose G_u(w_u) is no longer a face counts as not forgotten (1)
             ids = [float(identity_similarity(nets.id_metric, run.problem.g_s, run.generator, src.w_u,
                                              cfg.evaluation.id_views)[0])
+                   if nets.faces.is_face(float(nets.faces(run.generator.synthesis(src.w_u))[0])) else 1.0
                    for _, src, run in runs]
             drift = [float(terms.perceptual_distance(terms.perceptual_features(run.generator.synthesis(proxy_ws)),
                                                      proxy_before).mean()) for _, _, run in runs]
@@ -331,24 +337,36 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
             run.advance(until)
         tune.report(progress(until))
     final = {}
-    diverged = 0
+    diverged = erased = 0
     unlearning, fids, id_values, other_values = [], [], [], []
-    for ident, src, run in runs:
+    for (ident, src, run), spec in zip(runs, identities):
         run.advance(cfg.iterations)
         ltu = run.finish()
         diverged += ltu.status == "diverged"
-        m = evaluate_run(ltu.g_s, run.generator, src.w_u, ltu.w_t, src.w_others, src.source_image, cfg, nets)
+        photo = spec.image is not None
+        m = evaluate_run(ltu.g_s, run.generator, src.w_u, ltu.w_t, src.w_others, src.source_image, cfg, nets, photo)
+        verdict = judge(m, photo, nets.thresholds).verdict
+        erased += verdict == "erased"
         id_values.append(m["id"])
         if "id_others" in m:
             other_values.append(m["id_others"])
-        unlearning.append((m["id"] + m["id_others"]) / 2 if "id_others" in m else m["id"])
+        unlearning.append(unlearning_of(m, verdict))
         fids.append(m["fid_pre"])
-        final.update({f"id_{ident}": m["id"], f"fid_pre_{ident}": m["fid_pre"]})
+        final.update({f"id_{ident}": m["id"], f"fid_pre_{ident}": m["fid_pre"], f"face_kept_{ident}": m["face_kept"],
+                      f"verdict_{ident}": verdict})
     objectives = {"unlearning": _mean(unlearning), "preservation": _mean(fids)}
     objectives["score"] = objectives["unlearning"] + sweep.fid_weight * objectives["preservation"]
     tune.report({**progress(cfg.iterations), **final, **objectives, "id": _mean(id_values),
                  "id_others": _mean(other_values), "fid_pre": _mean(fids), "diverged": diverged,
-                 "seconds": time.time() - started_at})
+                 "erased": erased, "identities": len(runs), "seconds": time.time() - started_at})
+
+
+def unlearning_of(metrics: dict, verdict: str) -> float:
+    """One identity's share of the unlearning objective: mean(ID, ID_others) (ID for a seed) when it
+    was erased, 1 (the worst a cosine similarity can be for this purpose) when it was not."""
+    if verdict != "erased":
+        return 1.0
+    return (metrics["id"] + metrics["id_others"]) / 2 if "id_others" in metrics else metrics["id"]
 
 
 def invert_all(sweep: Sweep, identities: list) -> dict:
@@ -381,8 +399,9 @@ def trial_rows(grid, space: dict[str, Param]) -> list[dict]:
         status = "error" if result.error else "complete" if complete else "stopped early"
         rows.append({"trial": m.get("trial_id") or Path(result.path).name, "status": status,
                      "reports": m.get("training_iteration"), **params,
-                     **{k: m.get(k) for k in ("unlearning", "preservation", "score", "id", "id_others", "fid_pre",
-                                              "id_now", "drift", "progress_score", "started_at")}})
+                     **{k: m.get(k) for k in ("unlearning", "preservation", "score", "erased", "identities", "id",
+                                              "id_others", "fid_pre", "id_now", "drift", "progress_score",
+                                              "started_at")}})
     return rows
 
 
@@ -393,7 +412,8 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict]
     plt = pyplot()
 
     complete = [r for r in rows if r["status"] == "complete"]
-    front = sorted(pareto_front(complete), key=lambda r: r["unlearning"])
+    feasible = [r for r in complete if all_erased(r)]  # a trial that left anyone un-erased is no candidate
+    front = sorted(pareto_front(feasible), key=lambda r: r["unlearning"])
     columns = list(rows[0]) if rows else []
     files = []
     for name, table in (("trials.csv", rows), ("pareto.csv", front)):
@@ -403,16 +423,21 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict]
             writer.writerows(table)
         files.append(out / name)
     shown = ["trial", *sweep.space, "unlearning", "preservation", "score"]
-    md = [f"Pareto front of sweep `{sweep.name}` ({len(complete)} complete trials of {len(rows)}; "
-          f"{sum(r['status'] == 'stopped early' for r in rows)} stopped early by ASHA). Lower is better.", "",
+    md = [f"Pareto front of sweep `{sweep.name}` over the {len(feasible)} trials that erased every identity "
+          f"({len(complete)} complete trials of {len(rows)}; {sum(r['status'] == 'stopped early' for r in rows)} "
+          f"stopped early by ASHA). Lower is better.", "",
           "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(cell(r[k]) for k in shown) + " |" for r in front]
     (out / "pareto.md").write_text("\n".join(md) + "\n")
     files.append(out / "pareto.md")
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    ax.scatter([r["unlearning"] for r in complete], [r["preservation"] for r in complete], c="0.6", s=22,
-               label="trials")
+    ax.scatter([r["unlearning"] for r in feasible], [r["preservation"] for r in feasible], c="0.6", s=22,
+               label="every identity erased")
+    others = [r for r in complete if not all_erased(r)]
+    if others:
+        ax.scatter([r["unlearning"] for r in others], [r["preservation"] for r in others], marker="x", c="0.75",
+                   s=22, label="some identity not erased")
     ax.plot([r["unlearning"] for r in front], [r["preservation"] for r in front], "o-", c="tab:red", ms=6,
             label="Pareto front")
     base = [r for r in complete if all(r[k] == sweep.base[k] for k in sweep.space)]
@@ -421,7 +446,8 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict]
                    c="tab:blue", zorder=5, label="base configuration")
     ax.set_xlabel("unlearning: mean(ID, ID_others)  (lower = more forgotten)")
     ax.set_ylabel("preservation: FID_pre  (lower = less changed)")
-    ax.set_title(f"{sweep.name}: {len(complete)} complete trials", fontsize=10)
+    ax.set_title(f"{sweep.name}: {len(complete)} complete trials, {len(feasible)} erased every identity",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "pareto.png")
@@ -434,16 +460,23 @@ def write_results(sweep: Sweep, rows: list[dict], out: Path) -> tuple[list[dict]
     return front, files
 
 
+def all_erased(row: dict) -> bool:
+    """Did a complete trial erase every identity?"""
+    return row.get("erased") is not None and row["erased"] == row.get("identities")
+
+
 def pick(rows: list[dict], front: list[dict], how: str) -> dict:
     """The trial to export: the front's lowest 'score', 'unlearning' or 'preservation', or a trial id."""
     if how in OBJECTIVES:
         if not front:
-            raise SweepError("no trial completed, so there is nothing to export")
+            raise SweepError("no trial erased every identity, so there is nothing to export")
         return min(front, key=lambda r: r[how])
     for r in rows:
         if r["trial"] == how:
             if r["status"] != "complete":
                 raise SweepError(f"trial {how} did not complete ({r['status']})")
+            if not all_erased(r):
+                raise SweepError(f"trial {how} did not erase every identity ({r['erased']} of {r['identities']})")
             return r
     raise SweepError(f"--pick {how!r}: not one of {', '.join(OBJECTIVES)} nor a trial id of this sweep")
 

@@ -28,7 +28,8 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "guide_ray-fleet"
-METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "id_target", "fid_pre", "delta_fid_real")
+METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "id_target", "face_source", "face_target",
+           "face_after", "face_reinversion", "face_kept", "fid_pre", "delta_fid_real")
 MAX_CHECKPOINT_ARTIFACT_MB = 200  # larger checkpoints are logged as a pointer (tag checkpoint_uri)
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -103,6 +104,8 @@ class Tracker:
             self.experiment_id, run_name=identity,
             tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key, "identity": identity,
                   "kind": "identity", "status": result.get("status", "failed"), **tags,
+                  **({"verdict": result["verdict"], "represented": str(result["verdict_detail"]["represented"]).lower(),
+                      "verdict_reason": result["verdict_detail"]["reason"][:5000]} if result.get("verdict") else {}),
                   **({"error": str(result.get("error") or result.get("message") or "")[:5000]} if failed else {})})
         run_id = run.info.run_id
         if "config" in result:
@@ -180,10 +183,13 @@ class Tracker:
         self.client.set_tag(run_id, "registered_model", f"{name} v{version.version}")
         return version.version
 
-    def finish(self, parent_id: str, ok: bool, summary: dict[str, float], files: list[Path] = ()) -> None:
+    def finish(self, parent_id: str, ok: bool, summary: dict[str, float], files: list[Path] = (),
+               outcome: str | None = None) -> None:
+        """End a parent run: its files, summary metrics and an ``outcome`` tag (default: all finished /
+        some failed); FINISHED when ``ok``, else FAILED."""
         now = int(time.time() * 1000)
         for path in files:
             self.client.log_artifact(parent_id, str(path))
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
-                              tags=[RunTag("outcome", "all finished" if ok else "some failed")])
+                              tags=[RunTag("outcome", outcome or ("all finished" if ok else "some failed"))])
         self.client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))

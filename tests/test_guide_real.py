@@ -12,7 +12,7 @@ from tests.conftest import require_weights
 
 
 def test_guide_erases_the_source_identity_and_keeps_others():
-    require_weights("dcgan-digiface64", "stlpips-vgg", "dlib-resnet34", "facenet-vggface2")
+    require_weights("dcgan-digiface64", "stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "dlib-mmod")
     cfg = load_config(overrides=["iterations=150"])
     g = load_generator("dcgan-digiface64", "cpu")
     nets = Networks(cfg, "cpu")
@@ -25,3 +25,6 @@ def test_guide_erases_the_source_identity_and_keeps_others():
           f"min {others_id.min():.3f}")
     assert source_id < 0.6
     assert others_id.mean() > 0.85 and others_id.mean() - source_id > 0.3
+    with torch.no_grad():  # the person changed into another face, not into a smear
+        after = nets.faces(torch.cat([g.synthesis(w_u), result.g_s.synthesis(result.w_t)]))
+    assert all(nets.faces.is_face(v) for v in after), after

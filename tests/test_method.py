@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from guide_ray.core.config import ConfigError, GuideConfig, config_hash, load_config
 from guide_ray.core.losses import adjacent_deltas
 from guide_ray.core.ltu import LatentSampler, Problem, select_trainable, unlearn
-from guide_ray.core.ufo import distance_scale, typical_distance, ufo_target
+from guide_ray.core.ufo import SHRINK_FACTOR, SHRINK_STEPS, distance_scale, face_target, typical_distance, ufo_target
 from tests.tiny import TinyGenerator, TinyIdentity, TinyPerceptual
 
 
@@ -28,6 +28,75 @@ def test_eq3_norm_is_over_the_whole_latent_not_per_layer():
     w_u = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]])  # per-layer norms 3 and 4, whole norm 5
     w_t = ufo_target(w_u, w_avg, 5.0)
     torch.testing.assert_close(w_t, -w_u)
+
+
+def test_w_geometry_extrapolates_only_the_w_part_of_a_w_plus_latent():
+    w_avg = torch.zeros(2)
+    w_u = torch.tensor([[[3.0, 1.0], [1.0, -1.0]]])  # W part (mean over layers) [2, 0]; per-layer deviations ±[1, 1]
+    w_t = ufo_target(w_u, w_avg, 2 * math.sqrt(2), "w")  # whole norm of the repeated W part: 2 sqrt(2)
+    torch.testing.assert_close(w_t, torch.tensor([[[-2.0, 0.0], [-2.0, 0.0]]]))  # a W latent: every layer equal
+    w = torch.tensor([[[3.0, 1.0], [3.0, 1.0]]])  # a W latent: "w" is Eq. 3 as written
+    torch.testing.assert_close(ufo_target(w, w_avg, 1.5, "w"), ufo_target(w, w_avg, 1.5, "w+"))
+
+
+def test_sphere_geometry_by_hand_stays_on_the_shell_and_moves_away_from_the_source():
+    w_avg = torch.tensor([2.0, 0.0])
+    w_u = torch.tensor([[[2.0, 2.0]]])  # w_id = [0, 2], orthogonal to w_avg: the great circle leads to -y
+    quarter = ufo_target(w_u, w_avg, 2 * math.sqrt(2), "sphere")  # chord r*sqrt(2): a quarter turn
+    torch.testing.assert_close(quarter, torch.tensor([[[0.0, -2.0]]]))
+    torch.testing.assert_close(ufo_target(w_u, w_avg, 0.0, "sphere"), w_avg.expand_as(w_u))
+    torch.testing.assert_close(ufo_target(w_u, w_avg, 10.0, "sphere"), -w_avg.expand_as(w_u))  # capped at the antipode
+    torch.manual_seed(0)
+    w_avg = torch.randn(100)
+    w_u = torch.randn(4, 1, 100) * 1.3
+    for d in (1.0, 5.0, 11.4):
+        w_t = ufo_target(w_u, w_avg, d, "sphere")
+        torch.testing.assert_close(w_t.flatten(1).norm(dim=1), w_avg.norm().expand(4))  # on the shell
+        torch.testing.assert_close((w_t - w_avg).flatten(1).norm(dim=1), torch.full((4,), d))  # chord d
+        away = F.cosine_similarity((w_t - w_avg).flatten(1), (w_u - w_avg).flatten(1))
+        assert (away < 0).all()
+    with pytest.raises(ValueError, match="geometry must be one of"):
+        ufo_target(w_u, w_avg, 1.0, "flat")
+
+
+def test_a_target_that_is_no_face_shrinks_d_until_it_is():
+    w_avg = torch.zeros(3)
+    w_u = torch.tensor([[[4.0, 0.0, 0.0]]])
+    far = lambda w_t: 1.0 if float(w_t.norm()) <= 3.0 else 0.0  # "a face" within distance 3 of the average
+    target = face_target(w_u, w_avg, 5.0, "w+", far, threshold=0.5)
+    expected = 5.0 * SHRINK_FACTOR ** 2  # 5 -> 3.75 -> 2.81: the first within 3
+    assert (target.d, target.tries, target.face_score) == (pytest.approx(expected), 3, 1.0)
+    torch.testing.assert_close(target.w_t, ufo_target(w_u, w_avg, expected, "w+"))
+    nowhere = face_target(w_u, w_avg, 5.0, "w+", lambda w_t: 0.0, threshold=0.5)
+    assert nowhere.d == 0.0 and nowhere.tries == SHRINK_STEPS + 2 and nowhere.face_score == 0.0
+    unchecked = face_target(w_u, w_avg, 5.0, "w+", None, threshold=0.5)
+    assert unchecked.d == 5.0 and unchecked.face_score is None and unchecked.tries == 0
+
+    def broken(w_t):
+        raise RuntimeError("no detector")
+
+    failed = face_target(w_u, w_avg, 5.0, "w+", broken, threshold=0.5)  # kept at d, unchecked, and said so
+    assert failed.d == 5.0 and failed.face_score is None and failed.error == "RuntimeError: no detector"
+
+
+def test_the_problem_checks_its_target_with_the_frozen_generator():
+    cfg = load_config(overrides=["distance_units=absolute", "d=2.0", "latent_pool=4"])
+    g = TinyGenerator()
+    w_u = g.mapping(g.z_from_seed(1))
+    seen = []
+
+    class Faces:
+        threshold = 0.5
+
+        def __call__(self, images):
+            seen.append(images)
+            return torch.tensor([0.0 if len(seen) == 1 else 1.0])  # the first target is no face
+
+    problem = Problem(g, w_u, cfg, TinyIdentity(), TinyPerceptual(), Faces())
+    assert problem.target.d == pytest.approx(2.0 * SHRINK_FACTOR) and problem.target.tries == 2
+    torch.testing.assert_close(seen[-1], problem.g_s.synthesis(problem.w_t))
+    off = load_config(overrides=["distance_units=absolute", "d=2.0", "latent_pool=4", "target_face_check=false"])
+    assert Problem(g, w_u, off, TinyIdentity(), TinyPerceptual(), Faces()).target.d == 2.0
 
 
 def test_eq5_adjacent_deltas_by_hand():

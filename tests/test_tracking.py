@@ -17,7 +17,7 @@ from PIL import Image
 from guide_ray import fleet, review
 from guide_ray.core.checkpoint import apply_checkpoint
 from guide_ray.models import load_generator
-from guide_ray.sweep import write_results
+from guide_ray.sweep import SweepError, pick, write_results
 from guide_ray.tracking import is_server, model_name, resolve_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +53,20 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
     versions = client.search_model_versions(f"name = '{name}'")
 
     for mode, parent in parents.items():
-        assert parent.info.status == "FINISHED" and parent.data.metrics["identities_finished"] == 2
+        # every identity ran; none was erased (a tiny random generator draws no face), so the fleet failed
+        assert parent.info.status == "FAILED" and parent.data.metrics["identities_finished"] == 2
+        assert parent.data.tags["outcome"] == "0 of 2 erased"
+        assert parent.data.metrics["identities_not_represented"] == 1  # P001's photo: not in the generator
+        assert parent.data.metrics["identities_face_destroyed"] == 1  # s1: G_u(w_u) is no face
         key = parent.data.tags["fleet_key"]
         runs = {r.data.tags["identity"]: r for r in _runs(client, exp.experiment_id,
                                                           f"tags.fleet_key = '{key}' and tags.kind = 'identity'")}
         assert sorted(runs) == sorted(IDS)
         for ident, run in runs.items():
             assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-            assert {"id", "fid_pre", "reinversion_id"} <= set(run.data.metrics)
+            assert {"id", "fid_pre", "reinversion_id", "face_kept", "face_after"} <= set(run.data.metrics)
+            assert run.data.tags["verdict"] == ("not_represented" if ident == "P001" else "face_destroyed")
+            assert run.data.tags["represented"] == ("false" if ident == "P001" else "true")
             assert len(client.get_metric_history(run.info.run_id, "loss_total")) == 4  # one per iteration
             # one labelled grid: P001 has a photo column and a row for its other photo; the seed neither
             grid = _png(client, run.info.run_id, "grid.png", tmp_path / mode / ident)
@@ -76,12 +82,14 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
         assert [r["identity"] for r in table] == list(IDS) and list(table[0]) == list(review.SUMMARY_COLUMNS)
         for row in table:
             assert row["status"] == "finished"
+            assert row["verdict"] == runs[row["identity"]].data.tags["verdict"]
             assert float(row["ID"]) == pytest.approx(runs[row["identity"]].data.metrics["id"], abs=1e-3)
             assert float(row["time_s"]) > 0
             assert (row["ID now"] != "") == (mode == "sequential")
         assert _png(client, parent.info.run_id, "metrics.png", tmp_path / mode).size[0] > 500
         html = Path(client.download_artifacts(parent.info.run_id, "summary.html", str(tmp_path / mode))).read_text()
-        assert html.count("<tr class=\"finished\">") == 2
+        assert html.count('<tr class="finished not_represented">') == 1
+        assert html.count('<tr class="finished face_destroyed">') == 1 and "1 face_destroyed, 1 not_represented" in html
 
         # registered generators: one version per identity (parallel), the final one (sequential)
         mine = [v for v in versions if v.tags["fleet_key"] == key]
@@ -89,10 +97,12 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
             assert sorted(v.tags["identities"] for v in mine) == sorted(IDS)
         else:
             assert [v.tags["identities"] for v in mine] == ["P001;s1"]
+            assert mine[0].tags["verdicts"] == "P001=not_represented;s1=face_destroyed"
             assert mine[0].run_id == runs["s1"].info.run_id  # the last step's run holds the final generator
             assert float(mine[0].tags["metric_fid_pre_vs_original"]) >= 0
             assert {"metric_id_now_P001", "metric_id_now_s1"} <= set(mine[0].tags)
         for v in mine:
+            assert v.tags["all_erased"] == "false"  # registered, but marked: not to be deployed
             run = client.get_run(v.run_id)
             assert v.source == run.info.artifact_uri
             assert v.tags["config_hash"] == key.rsplit("-", 1)[1] and v.tags["mode"] == mode
@@ -130,7 +140,7 @@ def test_rerun_through_MLFLOW_TRACKING_URI_adds_nothing(mlflow_fleet, monkeypatc
     args = list(mlflow_fleet["args"])
     del args[args.index("--tracking-uri"):args.index("--tracking-uri") + 2]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_fleet["uri"])
-    assert fleet.main(args) == 0
+    assert fleet.main(args) == fleet.NOT_ALL_ERASED  # the same verdicts, read back from the ledger
     assert "2 identities already finished, 0 to run" in capsys.readouterr().err
     assert counts() == before
     assert not (mlflow_fleet["out"] / "mlflow.db").exists()
@@ -194,8 +204,9 @@ def test_identity_grid_layout_and_labels():
 
 
 def test_fleet_summary_and_plots(tmp_path):
-    ledger = {"a": {"status": "finished", "metric_id": 0.1234567, "metric_id_others": None, "metric_fid_pre": 3.5,
-                    "metric_reinversion_id": 0.2, "id_now": 0.05, "timings_json": '{"total_s": 12.5}'},
+    ledger = {"a": {"status": "finished", "verdict": "erased", "metric_id": 0.1234567, "metric_id_others": None,
+                    "metric_fid_pre": 3.5, "metric_face_kept": 1.0, "metric_reinversion_id": 0.2, "id_now": 0.05,
+                    "timings_json": '{"total_s": 12.5}'},
               "b": {"status": "failed", "metric_id": None, "metric_fid_pre": None, "timings_json": "{}",
                     "error": "no face in <b.png>"}}
     rows = review.summary_rows(["a", "b", "c"], ledger)
@@ -205,9 +216,12 @@ def test_fleet_summary_and_plots(tmp_path):
     table = list(csv.DictReader(csv_path.open()))
     assert list(table[0]) == list(review.SUMMARY_COLUMNS)
     assert table[0]["ID"] == "0.1235" and table[0]["ID now"] == "0.05" and table[1]["ID"] == ""
+    assert table[0]["verdict"] == "erased" and table[0]["face kept"] == "1" and table[1]["verdict"] == ""
     html = html_path.read_text()
-    assert "1 of 3 identities finished" in html and "no face in &lt;b.png&gt;" in html
-    assert html.count("<tr class=") == 3 and '<tr class="failed">' in html
+    assert "1 of 3 identities finished: 1 erased" in html and "no face in &lt;b.png&gt;" in html
+    assert html.count("<tr class=") == 3 and '<tr class="failed">' in html and '<tr class="finished erased">' in html
+    console = fleet.summary_table(rows)
+    assert "verdicts: 1 erased of 3 identities" in console and "100%" in console.splitlines()[2]
 
     png = review.metrics_plot(rows, tmp_path / "metrics.png", "fleet X")
     assert Image.open(png).format == "PNG"
@@ -221,11 +235,18 @@ def test_sweep_results_include_parallel_coordinates(tmp_path):
                                                 "loss": SimpleNamespace(log=False)},
                             base={"d": 30.0, "lr": 1e-3, "loss": "l2"})
     rows = [{"trial": f"t{i}", "status": "complete", "d": 10.0 * (i + 1), "lr": 10 ** -(i + 2), "loss": ["l2", "l1"][i % 2],
-             "unlearning": 0.5 - 0.1 * i, "preservation": 1.0 + i, "score": 0.51 - 0.09 * i} for i in range(4)]
+             "unlearning": 0.5 - 0.1 * i, "preservation": 1.0 + i, "score": 0.51 - 0.09 * i, "erased": 2,
+             "identities": 2} for i in range(4)]
     rows.append({"trial": "t4", "status": "stopped early", "d": 25.0, "lr": 1e-4, "loss": "l1", "unlearning": None,
-                 "preservation": None, "score": None})
+                 "preservation": None, "score": None, "erased": None, "identities": None})
+    # the best FID of all, but one identity not erased: not a candidate, whatever its objectives
+    rows.append({"trial": "t5", "status": "complete", "d": 5.0, "lr": 1e-5, "loss": "l1", "unlearning": 0.55,
+                 "preservation": 0.5, "score": 0.555, "erased": 1, "identities": 2})
     front, files = write_results(sweep, rows, tmp_path)
-    assert len(front) == 4 and tmp_path / "parallel_coordinates.png" in files
+    assert [r["trial"] for r in front] == ["t3", "t2", "t1", "t0"] and tmp_path / "parallel_coordinates.png" in files
+    assert "over the 4 trials that erased every identity" in (tmp_path / "pareto.md").read_text()
+    with pytest.raises(SweepError, match="did not erase every identity"):
+        pick(rows, front, "t5")
     image = Image.open(tmp_path / "parallel_coordinates.png")
     assert image.format == "PNG" and image.size[0] >= 600
     with pytest.raises(ValueError, match="no axes"):

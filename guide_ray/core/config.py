@@ -29,6 +29,16 @@ class EvalConfig:
     real_stats: str | None = None  # real images for ΔFID_real: .npz statistics or .npy Inception features
     reinversion: bool = True  # invert the source photo into G_u again (beyond the paper)
     id_views: int = 11  # camera views averaged for 3D generators (yaw in ±π/12)
+    # The verdict (core/verdict.py). ID below id_threshold = another person; None: the ID metric's
+    # different-person level, measured on openpeople's portraits (FaceNet: 0.232).
+    id_threshold: float | None = None
+    # Is an image a face (models/face_check.py): "dlib-mmod" (score = its detection confidence,
+    # default threshold 0.8) or "mtcnn" (its probability, default 0.9); None: the detector's default.
+    face_detector: Literal["dlib-mmod", "mtcnn"] = "dlib-mmod"
+    face_threshold: float | None = None
+    # face_kept = the share of after-images (G_u(w_u), each G_u(w_o), the re-inversion) that are
+    # faces; an identity is only "erased" when G_u(w_u) is a face and face_kept >= face_kept_min.
+    face_kept_min: float = 1.0
 
 
 @dataclass
@@ -36,6 +46,13 @@ class GuideConfig:
     # Un-identifying Face On latent space (UFO, Eq. 3)
     target: Literal["extrapolated", "average"] = "extrapolated"
     d: float = 30.0
+    # Eq. 3's geometry (core/ufo.py): "w+" as written; "w" extrapolates only the W part of w_u - w_avg
+    # (a W+ inversion's target stays a face); "sphere" keeps a Gaussian latent on its shell;
+    # "auto": "sphere" for a generator without a mapping network (the DCGAN), else "w".
+    ufo_geometry: Literal["auto", "w+", "w", "sphere"] = "auto"
+    # Check that G_s(w_t) is a face (evaluation.face_detector) and shrink d until it is; the d used is
+    # recorded in result.json.
+    target_face_check: bool = True
     # Latent Target Unlearning (LTU, Eqs. 4-9)
     alpha_max: float = 15.0
     # "eg3d": d and alpha_max are in EG3D's W-space units (where the paper tuned them) and are
@@ -207,6 +224,11 @@ def validate(cfg: GuideConfig) -> None:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    ev = cfg.evaluation
+    if ev.face_kept_min < 0 or ev.face_kept_min > 1:
+        raise ConfigError(f"evaluation.face_kept_min is a share in [0, 1], got {ev.face_kept_min}")
+    if ev.id_threshold is not None and not -1 <= ev.id_threshold <= 1:
+        raise ConfigError(f"evaluation.id_threshold is a cosine similarity in [-1, 1], got {ev.id_threshold}")
     if cfg.latent_pool < 0:
         raise ConfigError(f"latent_pool must be >= 0, got {cfg.latent_pool}")
     if not (cfg.use_local or cfg.use_adjacency or cfg.use_global):

@@ -21,7 +21,7 @@ import torch
 
 from .config import GuideConfig
 from .losses import Targets, Terms, adjacent_deltas, total_loss
-from .ufo import distance_scale, ufo_target
+from .ufo import FaceTarget, distance_scale, face_target, geometry_for
 
 
 def select_trainable(generator, pattern: str) -> list[tuple[str, torch.nn.Parameter]]:
@@ -43,11 +43,21 @@ def select_trainable(generator, pattern: str) -> list[tuple[str, torch.nn.Parame
     return selected
 
 
-def target_latent(generator, w_u: torch.Tensor, cfg: GuideConfig, scale: float) -> torch.Tensor:
-    """w_t: Eq. 3's extrapolation (distance d x ``scale``, see ufo.distance_scale), or the average latent."""
+def target_latent(generator, w_u: torch.Tensor, cfg: GuideConfig, scale: float, face_check=None) -> FaceTarget:
+    """w_t: Eq. 3 at distance d x ``scale`` (see ufo.distance_scale) in ``cfg.ufo_geometry``, or the
+    average latent. With ``face_check`` (images -> face scores, with a ``threshold``) the distance
+    shrinks until the generator's image of w_t is a face (ufo.face_target)."""
+    def score(w_t):
+        with torch.no_grad():
+            return face_check(generator.synthesis(w_t))[0]
+
+    scorer = None if face_check is None else score
     if cfg.target == "average":
-        return generator.w_avg.expand_as(w_u).clone()
-    return ufo_target(w_u, generator.w_avg, cfg.d * scale)
+        w_t = generator.w_avg.expand_as(w_u).clone()
+        return FaceTarget(w_t, "average", 0.0, None if scorer is None else float(scorer(w_t)), int(scorer is not None))
+    geometry = geometry_for(generator) if cfg.ufo_geometry == "auto" else cfg.ufo_geometry
+    return face_target(w_u, generator.w_avg, cfg.d * scale, geometry, scorer,
+                       None if face_check is None else face_check.threshold)
 
 
 @dataclass
@@ -104,13 +114,15 @@ class StepLoss(dict):
 
 
 class Problem:
-    """Everything one unlearning run optimises: G_u, the frozen G_s, w_u, w_t and the loss nets."""
+    """Everything one unlearning run optimises: G_u, the frozen G_s, w_u, w_t and the loss nets.
+    ``face_check`` (images -> face scores) makes sure G_s(w_t) is a face (cfg.target_face_check)."""
 
-    def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual):
+    def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, face_check=None):
         self.cfg, self.g_u, self.w_u = cfg, generator, w_u
         self.g_s = copy.deepcopy(generator).eval().requires_grad_(False)
         self.distance_scale = scale = distance_scale(generator, cfg.distance_units)  # computed once: 10k mappings
-        self.w_t = target_latent(generator, w_u, cfg, scale)
+        self.target = target_latent(self.g_s, w_u, cfg, scale, face_check if cfg.target_face_check else None)
+        self.w_t = self.target.w_t
         self.terms = Terms(cfg, perceptual, id_net, generator.ffhq_box)
         self.sampler = LatentSampler(generator, w_u, cfg.n_adj if cfg.use_adjacency else 0,
                                      cfg.n_global if cfg.use_global else 0, cfg.alpha_max * scale,
@@ -212,7 +224,7 @@ class Problem:
 
 @dataclass
 class LTUResult:
-    w_t: torch.Tensor
+    target: FaceTarget  # w_t, the geometry and distance used, the face score of G_s(w_t)
     distance_scale: float  # config distances -> this generator's latent units
     status: str  # "finished" | "diverged"
     message: str
@@ -221,6 +233,10 @@ class LTUResult:
     history: list[dict[str, float]] = field(default_factory=list)
     trainable: list[str] = field(default_factory=list)
     g_s: torch.nn.Module | None = None  # the frozen pre-trained generator
+
+    @property
+    def w_t(self) -> torch.Tensor:
+        return self.target.w_t
 
 
 def trainable_state(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
@@ -234,18 +250,19 @@ class Unlearning:
     ``on_checkpoint(state)`` receives, every ``checkpoint_every`` steps and at the end, a dict
     with the step, the trainable tensors, the optimiser and sampler states; passing such a dict as
     ``resume`` continues the run exactly. A non-finite loss stops the run and restores the last
-    checkpointed weights (status "diverged").
+    checkpointed weights (status "diverged"). ``face_check`` (images -> face scores with a
+    ``threshold``, models.face_check.FaceCheck) makes sure the target G_s(w_t) is a face.
     """
 
     def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, *,
-                 loop: str = "optimised", progress: Callable[[int, dict], None] | None = None,
+                 face_check=None, loop: str = "optimised", progress: Callable[[int, dict], None] | None = None,
                  on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None):
         if loop not in ("optimised", "straightforward"):
             raise ValueError(f"loop must be 'optimised' or 'straightforward', not {loop!r}")
         torch.manual_seed(cfg.seed)
         self.cfg, self.generator, self.progress, self.on_checkpoint = cfg, generator, progress, on_checkpoint
         self.params = select_trainable(generator, cfg.trainable)
-        self.problem = Problem(generator, w_u, cfg, id_net, perceptual)
+        self.problem = Problem(generator, w_u, cfg, id_net, perceptual, face_check)
         self.optimizer = torch.optim.Adam([p for _, p in self.params], lr=cfg.lr)
         self.start = 0
         if resume is not None:
@@ -310,7 +327,7 @@ class Unlearning:
             self._checkpoint()
         for _, p in self.params:
             p.grad = None
-        return LTUResult(w_t=self.problem.w_t, distance_scale=self.problem.distance_scale, status=self.status,
+        return LTUResult(target=self.problem.target, distance_scale=self.problem.distance_scale, status=self.status,
                          message=self.message, steps_run=self.step - self.start, seconds=self.seconds,
                          history=self.history, trainable=[n for n, _ in self.params], g_s=self.problem.g_s)
 

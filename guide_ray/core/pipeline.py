@@ -21,14 +21,16 @@ from tqdm import tqdm
 
 from ..images import save_png, to_uint8
 from ..models import load_encoder, load_identity_net, load_perceptual
+from ..models.face_check import FaceCheck
 from ..models.identity import cosine
 from .checkpoint import metadata_json, save_trainable
 from .config import GuideConfig, config_hash, to_dict
-from .evaluate import (default_fid_samples, fid_scores, generated_identity, generator_fingerprint, generator_stats,
-                       identity_similarity)
+from .evaluate import (default_fid_samples, different_person_level, fid_scores, generated_identity,
+                       generator_fingerprint, generator_stats, identity_similarity)
 from .inversion import ProjectionResult, encode, invert_photo, project, random_source
 from .ltu import unlearn
 from .ufo import whole_norm
+from .verdict import Thresholds, Verdict, judge
 
 
 class RunExists(ValueError):
@@ -65,12 +67,23 @@ class Networks:
         self.id_metric = load_identity_net(cfg.id_metric_net, self.device)
         # the inversion's encoder (cfg.inversion.encoder: GOAE, pSp or e4e), bound to a generator by encoder_for
         self.encoder = load_encoder(cfg.inversion.encoder, self.device) if cfg.inversion.encoder else None
+        self.faces = FaceCheck(cfg.evaluation.face_detector, cfg.evaluation.face_threshold, self.device)
+        self._id_threshold = cfg.evaluation.id_threshold
+        self._face_kept_min = cfg.evaluation.face_kept_min
         self._inception = None
         self.fid_cache: dict[tuple, object] = {}  # G_s statistics, reused across identities
 
     def encoder_for(self, generator):
         """The LatentEncoder for ``generator`` (offsets from its w_avg), or None without an encoder."""
         return None if self.encoder is None else self.encoder.for_generator(generator)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The verdict's thresholds; the ID level is the metric's different-person level unless the
+        config sets evaluation.id_threshold (measured once, on openpeople's portraits: seconds)."""
+        if self._id_threshold is None:
+            self._id_threshold = different_person_level(self.id_metric)
+        return Thresholds(self._id_threshold, self.faces.threshold, self._face_kept_min, self.faces.name)
 
     @property
     def inception(self):
@@ -198,13 +211,16 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("total", "local", "adj", "global")})
 
-        ltu = unlearn(generator, w_u, cfg, nets.id_loss, nets.perceptual, loop=loop, progress=progress,
-                      on_checkpoint=save_state, resume=resume)
+        ltu = unlearn(generator, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
+                      progress=progress, on_checkpoint=save_state, resume=resume)
     times["unlearn_s"] = ltu.seconds
     times["s_per_iteration"] = ltu.seconds / ltu.steps_run if ltu.steps_run else None
 
     t = time.perf_counter()
-    metrics = evaluate_run(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, show_progress)
+    photo = spec.image is not None
+    metrics = evaluate_run(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
+                           show_progress)
+    verdict = judge(metrics, photo, nets.thresholds)
     times["evaluation_s"] = time.perf_counter() - t
 
     checkpoint = save_trainable(out / "checkpoint.safetensors",
@@ -212,8 +228,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
                                 generator.name, metadata_json({"identity": spec.id, "config_hash": cfg_hash}))
     torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
                out / "latents.pt")
-    title = (f"{spec.id} | {generator.name} | ID {metrics['id']:.3f} | FID_pre {metrics['fid_pre']:.2f}"
-             + ("" if ltu.status == "finished" else f" | {ltu.status}"))
+    title = grid_title(spec.id, generator.name, verdict, metrics) + ("" if ltu.status == "finished" else f" | {ltu.status}")
     save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image if spec.image else None,
                       sources.others_images, title), out / "grid.png")
     first_step = resume["step"] if resume else 0  # a resumed run's history starts where it resumed
@@ -222,14 +237,18 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     scale = ltu.distance_scale
     result = {
         "id": spec.id, "generator": generator.name, "status": ltu.status, "message": ltu.message,
+        "verdict": verdict.verdict, "verdict_detail": {k: v for k, v in verdict.to_dict().items() if k != "verdict"},
         "source": {"image": str(spec.image) if spec.image else None, "seed": spec.seed,
                    "others": [str(p) for p in spec.others]},
         "config": to_dict(cfg), "config_hash": cfg_hash, "loop": loop,
         "metrics": metrics, "timings": times, "steps": ltu.steps_run + (resume["step"] if resume else 0),
         "final_losses": ltu.history[-1] if ltu.history else None, "inversion_losses": sources.inversion_losses,
         "latents": {
-            "distance_scale": scale,
-            "d_effective": cfg.d * scale, "alpha_max_effective": cfg.alpha_max * scale,
+            "distance_scale": scale, "geometry": ltu.target.geometry,
+            # d_used: the config distance the target was made with (less than d when G_s(w_t) at d was no face)
+            "d_used": ltu.target.d / scale, "d_effective": ltu.target.d, "alpha_max_effective": cfg.alpha_max * scale,
+            "target_face_score": ltu.target.face_score, "target_tries": ltu.target.tries,
+            "target_face_check_error": ltu.target.error,
             "w_u_to_avg": float(whole_norm(w_u - generator.w_avg)),
             "w_t_to_avg": float(whole_norm(ltu.w_t - generator.w_avg)),
             "w_t_to_w_u": float(whole_norm(ltu.w_t - w_u)),
@@ -242,17 +261,40 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     return result
 
 
-def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets: Networks,
+def face_scores(nets: Networks, generator, ws: torch.Tensor) -> tuple[list[float], str | None]:
+    """The face detector's score of each G(w); a detector that fails scores every image as no face
+    and the error is returned (it becomes part of the verdict, never a crash)."""
+    with torch.no_grad():
+        images = torch.cat([generator.synthesis(w[None]) for w in ws])
+    try:
+        return [float(v) for v in nets.faces(images)], None
+    except Exception as e:  # whatever the detector raises, the images count as no face
+        return [nets.faces.no_face] * len(ws), f"{type(e).__name__}: {e}"
+
+
+def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets: Networks, photo: bool,
                  show_progress: bool = False) -> dict:
-    """ID, ID_others, re-inversion ID, FID_pre (and ΔFID_real with real statistics)."""
+    """ID, ID_others, inversion ID, re-inversion ID, face scores and face_kept, FID_pre (and
+    ΔFID_real with real statistics). ``photo``: the source is a photo (not a seed)."""
     ev = cfg.evaluation
     metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u, ev.id_views)[0])}
     source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
     metrics["id_target"] = float(cosine(source_and_target[0], source_and_target[1]))  # how far UFO moved
+    with torch.no_grad():  # is the person in the generator at all? (1 for a seed: its image is G_s(w_u))
+        source_id = nets.id_metric.embed_generated(source_image, g_u.ffhq_box)
+        metrics["inversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_s, w_u))[0])
     if w_others is not None:
         each = identity_similarity(nets.id_metric, g_s, g_u, w_others, ev.id_views)
         metrics["id_others"] = float(each.mean())
         metrics["id_others_each"] = [float(v) for v in each]
+    errors = []
+    (metrics["face_source"], metrics["face_target"]), error = face_scores(nets, g_s, torch.cat([w_u, w_t]))
+    errors.append(error)
+    after, error = face_scores(nets, g_u, w_u if w_others is None else torch.cat([w_u, w_others]))
+    errors.append(error)
+    metrics["face_after"] = after[0]
+    if w_others is not None:
+        metrics["face_others_each"] = after[1:]
     if ev.reinversion:
         # The source image projected into G_u with a fresh projector: is the person still drawable?
         # (from the encoder's latent when there is one, as the first inversion)
@@ -261,11 +303,13 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
                                 g_u, source_image, nets.perceptual, cfg.inversion,
                                 init_ws=None if encoder is None else encode(g_u, encoder, source_image))
         with torch.no_grad():
-            source_id = nets.id_metric.embed_generated(source_image, g_u.ffhq_box)
-            metrics["reinversion_id"] = float(torch.nn.functional.cosine_similarity(
-                source_id, generated_identity(nets.id_metric, g_u, fit.ws)))
-            metrics["inversion_id"] = float(torch.nn.functional.cosine_similarity(
-                source_id, generated_identity(nets.id_metric, g_s, w_u)))
+            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, fit.ws))[0])
+        (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
+        errors.append(error)
+        after.append(metrics["face_reinversion"])
+    metrics["face_kept"] = sum(nets.faces.is_face(v) for v in after) / len(after)
+    if any(errors):
+        metrics["face_check_error"] = "; ".join(e for e in errors if e)
     samples = ev.fid_samples or default_fid_samples(nets.device)
     key = (generator_fingerprint(g_s), samples, ev.fid_seed)
     if key not in nets.fid_cache:
@@ -280,6 +324,11 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
     fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
     metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
     return metrics
+
+
+def grid_title(identity: str, generator: str, verdict: Verdict, metrics: dict) -> str:
+    return (f"{identity} | {generator} | {verdict.verdict} | ID {metrics['id']:.3f} | face kept "
+            f"{metrics['face_kept']:.0%} | FID_pre {metrics['fid_pre']:.2f}")
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """The DCGAN of gan-face-generate (PyTorch DCGAN-tutorial architecture, DigiFace-1M, 64x64).
 
 A DCGAN has no mapping network: its latent z plays the role of w (num_ws = 1), so GUIDE's UFO
-target and truncation act on z directly. Batch-norm layers always use their running statistics,
+target and truncation act on z directly; UFO moves along the sphere on which z's samples lie
+(``gaussian_latent``, core/ufo.py). Batch-norm layers always use their running statistics,
 also while the synthesis network is fine-tuned, so the generator's function of z does not depend on
 the batch.
 
@@ -58,6 +59,7 @@ class _FrozenStatsDCGAN(nn.Module):
 
 class DCGAN(GeneratorBase):
     num_ws = 1
+    gaussian_latent = True
     # DigiFace crops are tighter than FFHQ's: the FFHQ square of 135/200 samples (dlib landmarks on
     # 4x upscaled images) puts this frame at the mean box below, std 0.03 (tests/test_identity.py).
     ffhq_box = (0.112, 0.098, 0.890, 0.898)

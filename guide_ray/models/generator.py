@@ -34,6 +34,7 @@ class Generator(Protocol):
     resolution: int
     w_avg: torch.Tensor  # [w_dim]
     ffhq_box: tuple[float, float, float, float]  # the image's extent in the FFHQ-aligned frame
+    gaussian_latent: bool  # the latent is z ~ N(0, I) with no mapping network (the DCGAN)
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None,
                 truncation_psi: float = 1.0) -> torch.Tensor: ...
@@ -86,6 +87,7 @@ class GeneratorBase(nn.Module):
     resolution: int
     synthesis_net: nn.Module
     ffhq_box = (0.0, 0.0, 1.0, 1.0)  # FFHQ-aligned, unless a subclass measured otherwise
+    gaussian_latent = False  # True: no mapping network, the latent is z ~ N(0, I) itself (UFO's geometry)
 
     @property
     def device(self) -> torch.device:

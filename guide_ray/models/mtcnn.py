@@ -267,12 +267,9 @@ class MTCNN(nn.Module):
         picked = _nms_min(boxes[:, :4], boxes[:, 4], 0.7)
         return boxes[picked], landmarks[picked]
 
-    @torch.no_grad()
-    def detect(self, image: np.ndarray, source: str = "image") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every face in an HxWx3 uint8 RGB image: boxes [N, 4] (x0, y0, x1, y1), probabilities [N],
-        landmarks [N, 5, 2] (x, y), most probable first; N = 0 when there is none."""
-        image = _check_rgb(image, source)
-        img = torch.from_numpy(image.copy()).to(self.device).permute(2, 0, 1)[None].float()
+    def _cascade(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three stages on [1, 3, H, W] float pixels in [0, 255]: boxes [N, 5] (x0, y0, x1, y1,
+        probability) and landmarks [N, 5, 2], most probable first."""
         boxes = self._propose(img)
         if len(boxes):
             boxes = self._refine(img, boxes)
@@ -280,8 +277,24 @@ class MTCNN(nn.Module):
         if len(boxes):
             boxes, landmarks = self._output(img, boxes)
         order = boxes[:, 4].argsort(descending=True)
-        boxes, landmarks = boxes[order].cpu().numpy(), landmarks[order].cpu().numpy()
+        return boxes[order], landmarks[order]
+
+    @torch.no_grad()
+    def detect(self, image: np.ndarray, source: str = "image") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every face in an HxWx3 uint8 RGB image: boxes [N, 4] (x0, y0, x1, y1), probabilities [N],
+        landmarks [N, 5, 2] (x, y), most probable first; N = 0 when there is none."""
+        image = _check_rgb(image, source)
+        img = torch.from_numpy(image.copy()).to(self.device).permute(2, 0, 1)[None].float()
+        boxes, landmarks = (t.cpu().numpy() for t in self._cascade(img))
         return boxes[:, :4], boxes[:, 4], landmarks
+
+    @torch.no_grad()
+    def face_probability(self, pixels: torch.Tensor, min_width: float) -> float:
+        """The probability of the most probable face at least ``min_width`` of the image wide in
+        [1, 3, H, W] float pixels in [0, 255]; 0 when there is none (models/face_check.py)."""
+        boxes, _ = self._cascade(pixels.to(self.device))
+        wide = boxes[(boxes[:, 2] - boxes[:, 0] + 1) >= min_width * pixels.shape[-1]]
+        return float(wide[:, 4].max()) if len(wide) else 0.0
 
     def landmarks5(self, image: np.ndarray, source: str = "image",
                    select: Literal["largest", "probability"] = "largest") -> np.ndarray:
