@@ -109,6 +109,45 @@ def test_a_destroyed_generator_is_face_destroyed_never_erased(dcgan, nets):
     assert nets.faces.is_face(metrics["face_source"])
 
 
+class _KeepsOnlyTheSource(torch.nn.Module):
+    """A generator 'unlearned' by destruction everywhere but at one latent: G_u(w_u) is a face
+    (another one), every other latent gives a flat grey image."""
+
+    def __init__(self, generator, w_u, w_face):
+        super().__init__()
+        self.g, self.w_u, self.w_face = generator, w_u, w_face
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.g, name)
+
+    def synthesis(self, ws, c=None):
+        at_source = (ws - self.w_u).flatten(1).norm(dim=1) < 1e-4
+        face = self.g.synthesis(self.w_face.expand_as(ws))
+        return torch.where(at_source.view(-1, 1, 1, 1), face, torch.zeros_like(face))
+
+    def forward(self, z, c=None):
+        return self.synthesis(self.mapping(z), c)
+
+
+def test_a_generator_wrecked_away_from_the_source_is_face_destroyed(dcgan, nets):
+    cfg = load_config(overrides=QUICK + ["evaluation.face_samples=4"])
+    w_u = dcgan.mapping(dcgan.z_from_seed(39))
+    w_face = ufo_target(w_u, dcgan.w_avg, 30 * distance_scale(dcgan, "eg3d"), "sphere")  # a face, another person
+    g_u = _KeepsOnlyTheSource(dcgan, w_u, w_face)
+    with torch.no_grad():
+        source = dcgan.synthesis(w_u)
+    metrics = evaluate_run(dcgan, g_u, w_u, w_face, None, source, cfg, nets, photo=False)
+    # by ID and G_u(w_u) alone it would pass as erased: another face where the source was
+    assert metrics["id"] < nets.thresholds.id_level and nets.faces.is_face(metrics["face_after"])
+    assert any(nets.faces.is_face(v) for v in metrics["face_samples_before"])
+    assert not any(nets.faces.is_face(v) for v in metrics["face_samples_after"])
+    verdict = judge(metrics, False, nets.thresholds)
+    assert verdict.verdict == "face_destroyed" and metrics["face_kept"] < 1, (metrics, verdict)
+
+
 def test_a_photo_the_generator_cannot_draw_is_not_represented(nets, tmp_path):
     from guide_ray import weights
 

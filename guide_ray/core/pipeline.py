@@ -307,6 +307,16 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
         errors.append(error)
         after.append(metrics["face_reinversion"])
+    if ev.face_samples:  # random faces of G_s must stay faces in G_u
+        with torch.no_grad():
+            z = torch.randn(ev.face_samples, g_s.z_dim, generator=torch.Generator().manual_seed(ev.fid_seed))
+            ws = g_s.mapping(z.to(g_s.device))
+        before, error_before = face_scores(nets, g_s, ws)
+        samples_after, error_after = face_scores(nets, g_u, ws)
+        errors += [error_before, error_after]
+        faces = [i for i, v in enumerate(before) if nets.faces.is_face(v)]
+        metrics["face_samples_before"], metrics["face_samples_after"] = before, samples_after
+        after.extend(samples_after[i] for i in faces)
     metrics["face_kept"] = sum(nets.faces.is_face(v) for v in after) / len(after)
     if any(errors):
         metrics["face_check_error"] = "; ".join(e for e in errors if e)
