@@ -7,7 +7,7 @@ is, and a person the generator never drew cannot be erased from it. So, in this 
   the metric's different-person level): erasing it would erase someone else. Seeds are
   represented by construction.
 - ``face_destroyed``: G_u(w_u) is not a face, or fewer than ``face_kept_min`` of the after-images
-  are (G_u(w_u), each G_u(w_o), the re-inversion).
+  are (G_u(w_u), each G_u(w_o), the re-inversion, G_u(z) of random latents whose G_s(z) is a face).
 - ``erased``: ID (G_s(w_u) vs G_u(w_u)) below the different-person level.
 - ``not_erased``: otherwise.
 """
