@@ -135,7 +135,7 @@ def mlflow_fleet(tmp_path_factory, tiny_generator):
                        "\ns1,,1,\n")
         out = root / "out"
         quick = ["iterations=4", "checkpoint_every=2", "evaluation.fid_samples=16", "evaluation.fid_batch=8",
-                 "inversion.steps=4", "latent_pool=4"]
+                 "inversion.steps=4", "latent_pool=4", "evaluation.face_samples=0"]  # the tiny generator draws no faces
         args = [str(ids), "--generator", str(tiny_generator), "--out", str(out), "--tracking-uri", uri,
                 "--no-progress", *[a for s in quick for a in ("--set", s)]]
         ray.init(address="local", include_dashboard=False)  # one Ray for both fleets (they reuse a running one)
