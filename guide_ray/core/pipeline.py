@@ -71,7 +71,7 @@ class Networks:
         self._id_threshold = cfg.evaluation.id_threshold
         self._face_kept_min = cfg.evaluation.face_kept_min
         self._inception = None
-        self.fid_cache: dict[tuple, object] = {}  # G_s statistics, reused across identities
+        self.fid_cache: dict[tuple, object] = {}  # G_s statistics (FID, face scores), reused across identities
 
     def encoder_for(self, generator):
         """The LatentEncoder for ``generator`` (offsets from its w_avg), or None without an encoder."""
@@ -307,11 +307,16 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
         errors.append(error)
         after.append(metrics["face_reinversion"])
+    fingerprint = generator_fingerprint(g_s)
     if ev.face_samples:  # random faces of G_s must stay faces in G_u
         with torch.no_grad():
             z = torch.randn(ev.face_samples, g_s.z_dim, generator=torch.Generator().manual_seed(ev.fid_seed))
             ws = g_s.mapping(z.to(g_s.device))
-        before, error_before = face_scores(nets, g_s, ws)
+        face_key = ("faces", fingerprint, ev.face_samples, ev.fid_seed)
+        # G_s is the same for every identity of a fleet: scored once (a detector failure is not kept)
+        before, error_before = nets.fid_cache.get(face_key) or face_scores(nets, g_s, ws)
+        if error_before is None:
+            nets.fid_cache[face_key] = before, None
         samples_after, error_after = face_scores(nets, g_u, ws)
         errors += [error_before, error_after]
         faces = [i for i, v in enumerate(before) if nets.faces.is_face(v)]
@@ -321,7 +326,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
     if any(errors):
         metrics["face_check_error"] = "; ".join(e for e in errors if e)
     samples = ev.fid_samples or default_fid_samples(nets.device)
-    key = (generator_fingerprint(g_s), samples, ev.fid_seed)
+    key = (fingerprint, samples, ev.fid_seed)
     if key not in nets.fid_cache:
         nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
     real = None
