@@ -143,7 +143,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .core.config import from_dict, GuideConfig
-    from .core.pipeline import Networks, evaluate_run, write_json
+    from .core.pipeline import Networks, evaluate_run, training_view, write_json
     from .core.verdict import judge
     from .models import load_generator
 
@@ -167,7 +167,7 @@ def cmd_evaluate(args) -> int:
     nets = Networks(cfg, g_u.device)
     photo = result["source"]["seed"] is None
     metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets, photo,
-                           show_progress=True)
+                           show_progress=True, g_u_fit=training_view(g_u, cfg))
     verdict = judge(metrics, photo, nets.thresholds)
     write_json(run / "evaluation.json", {**metrics, "verdict": verdict.verdict, "verdict_detail": verdict.to_dict()})
     print(json.dumps(metrics, indent=2))
@@ -180,22 +180,29 @@ def cmd_bench(args) -> int:
 
     from .core.bench import time_loop
     from .core.inversion import random_source
-    from .core.pipeline import Networks
+    from .core.pipeline import Networks, training_view
     from .models import load_generator
 
     cfg = _config(args)
     generator = load_generator(args.generator, args.device)
+    g_train = training_view(generator, cfg)
     w_u = random_source(generator, args.seed)
+    if g_train is generator:  # the official code's loop against ours, same math
+        cases = [("straightforward", generator, False), ("optimised", generator, True)]
+    else:  # our loop at the full and at the training resolution
+        cases = [("optimised", generator, True), ("optimised", g_train, True)]
     print(f"LTU on {generator.name} ({generator.device}), N_a={cfg.n_adj}, N_g={cfg.n_global}, "
           f"{args.iterations} timed iterations after {args.warmup} warm-up, torch threads {torch.get_num_threads()}")
     rows = []
-    for loop, channels_last in (("straightforward", False), ("optimised", True)):
+    for loop, g, channels_last in cases:
         nets = Networks(cfg, generator.device, channels_last=channels_last)
-        rows.append(time_loop(generator, w_u, cfg, nets.id_loss, nets.perceptual, loop, args.iterations, args.warmup))
-    for r in rows:
-        print(f"  {r.loop:16s} {r.seconds_per_iteration:8.3f} s/iteration  peak memory {r.peak_memory_mb:8.0f} MB  "
-              f"step-0 total loss {r.step0_losses['total']:.6f}  one-off setup {r.setup_seconds:.1f} s")
-    print(f"  speed-up: {rows[0].seconds_per_iteration / rows[1].seconds_per_iteration:.2f}x")
+        rows.append((g.resolution, time_loop(g, w_u, cfg, nets.id_loss, nets.perceptual, loop, args.iterations,
+                                             args.warmup)))
+    for resolution, r in rows:
+        print(f"  {r.loop:16s} {resolution:5d}px {r.seconds_per_iteration:8.3f} s/iteration  peak memory "
+              f"{r.peak_memory_mb:8.0f} MB  step-0 total loss {r.step0_losses['total']:.6f}  one-off setup "
+              f"{r.setup_seconds:.1f} s")
+    print(f"  speed-up: {rows[0][1].seconds_per_iteration / rows[1][1].seconds_per_iteration:.2f}x")
     return 0
 
 
@@ -286,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--key", default="G_ema", help="the network replaced in the pickle (default: G_ema)")
     px.set_defaults(func=cmd_export)
 
-    pb = sub.add_parser("bench", help="time LTU iterations: straightforward vs optimised loop")
+    pb = sub.add_parser("bench", help="time LTU iterations: straightforward vs optimised loop, or (with train_resolution) full vs reduced resolution")
     pb.add_argument("--generator", default="dcgan-digiface64")
     pb.add_argument("--iterations", type=int, default=5)
     pb.add_argument("--warmup", type=int, default=1)

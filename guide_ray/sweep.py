@@ -297,7 +297,7 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
 
     from .core.evaluate import identity_similarity
     from .core.ltu import Unlearning
-    from .core.pipeline import Networks, evaluate_run
+    from .core.pipeline import Networks, evaluate_run, training_view
     from .core.verdict import judge
     from .models import load_generator
 
@@ -310,7 +310,7 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
     runs = []
     for spec in identities:
         src = sources[spec.id].to(device)
-        generator = load_generator(sweep.generator, device)
+        generator = training_view(load_generator(sweep.generator, device), cfg)  # ASHA's progress at its resolution
         runs.append((spec.id, src, Unlearning(generator, src.w_u, cfg, nets.id_loss, nets.perceptual,
                                               face_check=nets.faces)))
     g_s, terms = runs[0][2].problem.g_s, runs[0][2].problem.terms
@@ -344,7 +344,8 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
         ltu = run.finish()
         diverged += ltu.status == "diverged"
         photo = spec.image is not None
-        m = evaluate_run(ltu.g_s, run.generator, src.w_u, ltu.w_t, src.w_others, src.source_image, cfg, nets, photo)
+        m = evaluate_run(ltu.g_s.full, run.generator.full, src.w_u, ltu.w_t, src.w_others, src.source_image, cfg,
+                         nets, photo, g_u_fit=run.generator)
         verdict = judge(m, photo, nets.thresholds).verdict
         erased += verdict == "erased"
         id_values.append(m["id"])

@@ -86,6 +86,11 @@ class GuideConfig:
     id_metric_net: str = "facenet-vggface2"
     perceptual_net: str = "stlpips-vgg"
     perceptual_size: int = 256  # larger images are area-downsampled before the perceptual net
+    # Train (and invert) at this output resolution: the generator's layers up to the block that
+    # gives it, read out by a fitted RGB head (MobileStyleGAN only: 64, 128, 256 or 512; see
+    # models/mobilestylegan.py); the layers above stay as they are. None: the generator's own.
+    # Evaluation always renders at the full resolution.
+    train_resolution: int | None = None
     checkpoint_every: int = 100
     seed: int = 0
     inversion: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -236,6 +241,8 @@ def validate(cfg: GuideConfig) -> None:
         raise ConfigError(f"evaluation.face_kept_min is a share in [0, 1], got {ev.face_kept_min}")
     if ev.id_threshold is not None and not -1 <= ev.id_threshold <= 1:
         raise ConfigError(f"evaluation.id_threshold is a cosine similarity in [-1, 1], got {ev.id_threshold}")
+    if cfg.train_resolution is not None and cfg.train_resolution < 16:
+        raise ConfigError(f"train_resolution must be at least 16 (or null: the generator's own), got {cfg.train_resolution}")
     if cfg.latent_pool < 0:
         raise ConfigError(f"latent_pool must be >= 0, got {cfg.latent_pool}")
     if not (cfg.use_local or cfg.use_adjacency or cfg.use_global):

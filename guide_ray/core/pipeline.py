@@ -156,13 +156,29 @@ class SourceLatents:
                              self.inversion_losses, move(self.others_images))
 
 
+def training_view(generator, cfg: GuideConfig):
+    """The generator LTU and the inversion work on: ``generator`` itself, or its view at
+    ``cfg.train_resolution`` (sharing its parameters)."""
+    return generator if cfg.train_resolution is None else generator.at_resolution(cfg.train_resolution)
+
+
 def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks,
                     show_progress: bool = True) -> SourceLatents:
-    """The identity's latents in ``generator``: its photo and other photos inverted, or its seed mapped."""
-    def invert(path):
-        return _project_with_bar(invert_photo, f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps,
-                                 show_progress, generator, path, nets.perceptual, cfg.inversion,
-                                 encoder=nets.encoder_for(generator))
+    """The identity's latents in ``generator``: its photo and other photos inverted (through the
+    training view at cfg.train_resolution), or its seed mapped; latents and images are the full
+    generator's."""
+    g_fit = training_view(generator, cfg)
+
+    def invert(path) -> ProjectionResult:
+        fit = _project_with_bar(invert_photo, f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps,
+                                show_progress, g_fit, path, nets.perceptual, cfg.inversion,
+                                encoder=nets.encoder_for(g_fit))
+        if g_fit is not generator:  # the photo as the full generator's evaluation sees it
+            from ..models.face_align import photo_to_generator_crop
+
+            fit.ws = g_fit.full_ws(fit.ws)
+            fit.target = photo_to_generator_crop(path, generator.resolution, box=generator.ffhq_box).to(generator.device)
+        return fit
 
     if spec.seed is not None:
         w_u = random_source(generator, spec.seed)
@@ -211,15 +227,20 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("total", "local", "adj", "global")})
 
-        ltu = unlearn(generator, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
+        g_train = training_view(generator, cfg)  # training it trains ``generator``
+        ltu = unlearn(g_train, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
                       progress=progress, on_checkpoint=save_state, resume=resume)
+    g_s = ltu.g_s.full
     times["unlearn_s"] = ltu.seconds
     times["s_per_iteration"] = ltu.seconds / ltu.steps_run if ltu.steps_run else None
 
     t = time.perf_counter()
     photo = spec.image is not None
-    metrics = evaluate_run(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
-                           show_progress)
+    metrics = evaluate_run(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
+                           show_progress, g_u_fit=g_train)
+    if g_train is not generator:  # the erasure as training saw it, beside the full-resolution ID above
+        metrics["id_train_resolution"] = float(identity_similarity(nets.id_metric, ltu.g_s, g_train, w_u,
+                                                                   cfg.evaluation.id_views)[0])
     verdict = judge(metrics, photo, nets.thresholds)
     times["evaluation_s"] = time.perf_counter() - t
 
@@ -229,7 +250,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
                out / "latents.pt")
     title = grid_title(spec.id, generator.name, verdict, metrics) + ("" if ltu.status == "finished" else f" | {ltu.status}")
-    save_png(run_grid(ltu.g_s, generator, w_u, ltu.w_t, w_others, sources.source_image if spec.image else None,
+    save_png(run_grid(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image if spec.image else None,
                       sources.others_images, title), out / "grid.png")
     first_step = resume["step"] if resume else 0  # a resumed run's history starts where it resumed
     write_json(out / "losses.json", [{"step": first_step + i, **h} for i, h in enumerate(ltu.history)])
@@ -241,6 +262,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         "source": {"image": str(spec.image) if spec.image else None, "seed": spec.seed,
                    "others": [str(p) for p in spec.others]},
         "config": to_dict(cfg), "config_hash": cfg_hash, "loop": loop,
+        "train_resolution": g_train.resolution, "resolution": generator.resolution,
         "metrics": metrics, "timings": times, "steps": ltu.steps_run + (resume["step"] if resume else 0),
         "final_losses": ltu.history[-1] if ltu.history else None, "inversion_losses": sources.inversion_losses,
         "latents": {
@@ -273,9 +295,11 @@ def face_scores(nets: Networks, generator, ws: torch.Tensor) -> tuple[list[float
 
 
 def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets: Networks, photo: bool,
-                 show_progress: bool = False) -> dict:
+                 show_progress: bool = False, g_u_fit=None) -> dict:
     """ID, ID_others, inversion ID, re-inversion ID, face scores and face_kept, FID_pre (and
-    ΔFID_real with real statistics). ``photo``: the source is a photo (not a seed)."""
+    ΔFID_real with real statistics), all on full-resolution renders. ``photo``: the source is a
+    photo (not a seed); ``g_u_fit``: the view of G_u the re-inversion fits through (the training
+    view at cfg.train_resolution; default G_u)."""
     ev = cfg.evaluation
     metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u, ev.id_views)[0])}
     source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
@@ -298,13 +322,15 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
     if ev.reinversion:
         # The source image projected into G_u with a fresh projector: is the person still drawable?
         # (from the encoder's latent when there is one, as the first inversion)
-        encoder = nets.encoder_for(g_u)
+        g_fit = g_u if g_u_fit is None else g_u_fit
+        encoder = nets.encoder_for(g_fit)
         fit = _project_with_bar(project, "re-inverting the source into G_u", cfg.inversion.steps, show_progress,
-                                g_u, source_image, nets.perceptual, cfg.inversion,
-                                init_ws=None if encoder is None else encode(g_u, encoder, source_image))
+                                g_fit, source_image, nets.perceptual, cfg.inversion,
+                                init_ws=None if encoder is None else encode(g_fit, encoder, source_image))
+        ws = g_fit.full_ws(fit.ws)
         with torch.no_grad():
-            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, fit.ws))[0])
-        (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
+            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, ws))[0])
+        (metrics["face_reinversion"],), error = face_scores(nets, g_u, ws)
         errors.append(error)
         after.append(metrics["face_reinversion"])
     fingerprint = generator_fingerprint(g_s)

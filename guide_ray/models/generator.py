@@ -131,6 +131,24 @@ class GeneratorBase(nn.Module):
     def trainable_parameters(self):
         return self.synthesis_net.parameters()
 
+    def at_resolution(self, resolution: int) -> "GeneratorBase":
+        """This generator producing ``resolution``² images by running only its layers up to that
+        resolution (a view sharing the parameters, so training it trains this generator); only
+        generators that can say so (MobileStyleGAN) offer resolutions below their own."""
+        if resolution != self.resolution:
+            raise ValueError(f"{self.name} renders only at {self.resolution}x{self.resolution}; it cannot be "
+                             f"trained at {resolution} (a reduced training resolution needs MobileStyleGAN)")
+        return self
+
+    @property
+    def full(self) -> "GeneratorBase":
+        """The full-resolution generator this one is a view of (itself, unless a reduced view)."""
+        return self
+
+    def full_ws(self, ws: torch.Tensor) -> torch.Tensor:
+        """A latent fitted through this generator, as the full-resolution generator's latent."""
+        return ws
+
     def sample_camera(self, batch, generator=None):
         return None
 

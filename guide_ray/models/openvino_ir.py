@@ -146,6 +146,7 @@ class IRGraph(nn.Module):
         # Inputs and outputs keep the order in which the IR file lists them, as OpenVINO does.
         self.input_ids = [lid for lid, layer in self.layers.items() if layer.type == "Parameter"]
         self.output_ids = [lid for lid, layer in self.layers.items() if layer.type == "Result"]
+        self._plans: dict[str, tuple[list[str], dict[str, int]]] = {}
         self.per_layer_input = per_layer_input
         self.input_consumers: list[str] = []
         if per_layer_input is not None:
@@ -193,11 +194,44 @@ class IRGraph(nn.Module):
             return getattr(self, key)
         return self._int_consts[key]
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def ancestors(self, layer_id: str) -> set[str]:
+        """The layers ``layer_id``'s output depends on, itself included."""
+        if layer_id not in self.layers:
+            raise KeyError(f"the graph has no layer with id {layer_id!r}")
+        seen, stack = set(), [layer_id]
+        while stack:
+            lid = stack.pop()
+            if lid not in seen:
+                seen.add(lid)
+                stack.extend(s for s, _ in self.layers[lid].inputs)
+        return seen
+
+    def parameters_until(self, layer_id: str) -> list[nn.Parameter]:
+        """The learned weights that ``layer_id``'s output depends on."""
+        needed = self.ancestors(layer_id)
+        return [self.params[key] for lid, (kind, key) in self._const_key.items() if kind == "param" and lid in needed]
+
+    def _plan(self, until: str | None) -> tuple[list[str], dict[str, int]]:
+        """The layers to run (topological order) and how many inputs each output feeds."""
+        if until is None:
+            return self.order, self._uses
+        if until not in self._plans:
+            needed = self.ancestors(until)
+            uses: dict[str, int] = defaultdict(int)
+            for lid in needed:
+                for src, _ in self.layers[lid].inputs:
+                    uses[src] += 1
+            self._plans[until] = [lid for lid in self.order if lid in needed], dict(uses)
+        return self._plans[until]
+
+    def forward(self, *inputs: torch.Tensor, until: str | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The graph's Result tensors, or with ``until`` the first output of that layer (only the
+        layers it depends on run: a truncated network)."""
         if len(inputs) != len(self.input_ids):
             raise ValueError(f"expected {len(self.input_ids)} inputs, got {len(inputs)}")
         values: dict[str, tuple[torch.Tensor, ...]] = {}  # layer id -> its outputs
-        remaining = dict(self._uses)
+        order, uses = self._plan(until)
+        remaining = dict(uses)
         per_layer = None
         for i, (lid, x) in enumerate(zip(self.input_ids, inputs)):
             if i == self.per_layer_input and x.ndim == 3:
@@ -208,7 +242,7 @@ class IRGraph(nn.Module):
                 x = x[:, 0]
             values[lid] = (x,)
         results = {}
-        for lid in self.order:
+        for lid in order:
             layer = self.layers[lid]
             t = layer.type
             if t == "Parameter":
@@ -231,6 +265,8 @@ class IRGraph(nn.Module):
                 raise NotImplementedError(f"OpenVINO op {t!r} (layer {layer.name!r}) is not supported")
             out = op(layer.attrs, *args)
             values[lid] = tuple(out) if isinstance(out, (list, tuple)) else (out,)
+            if lid == until:
+                return values[lid][0]
         outputs = tuple(results[lid] for lid in self.output_ids)
         return outputs[0] if len(outputs) == 1 else outputs
 

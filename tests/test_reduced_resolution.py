@@ -1,0 +1,113 @@
+"""MobileStyleGAN trained at a reduced resolution (train_resolution): the truncated IR graph, the
+fitted RGB head, the view that shares the full generator's weights, and a run end to end whose
+erasure lands in the 1024² generator. Real weights throughout."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from guide_ray.core.config import ConfigError, load_config
+from guide_ray.core.pipeline import IdentitySpec, Networks, run_identity
+from guide_ray.models import load_generator
+from guide_ray.models.mobilestylegan import cut_layer
+from tests.conftest import require_weights
+
+
+def test_the_truncated_graph_runs_only_what_its_layer_needs(mobilestylegan):
+    graph = mobilestylegan.synthesis_net
+    ws = mobilestylegan.mapping(mobilestylegan.z_from_seed(2))
+    last = graph.layers[graph.output_ids[0]].inputs[0][0]  # the layer the Result reads
+    with torch.no_grad():
+        torch.testing.assert_close(graph(ws, until=last), graph(ws), rtol=0, atol=0)
+    cut = cut_layer(graph, 128)
+    features = graph(ws, until=cut)
+    assert features.shape == (1, 512, 64, 64)
+    features.square().mean().backward()
+    below = {id(p) for p in graph.parameters_until(cut)}
+    for name, p in graph.named_parameters():
+        has_grad = p.grad is not None and bool(p.grad.abs().sum())
+        assert has_grad == (id(p) in below), name
+    mobilestylegan.zero_grad(set_to_none=True)
+    assert 0 < len(below) < len(list(graph.parameters()))
+
+
+def test_the_reduced_view_trains_the_full_generator(mobilestylegan):
+    full = copy.deepcopy(mobilestylegan)
+    view = full.at_resolution(256)
+    assert view.resolution == 256 and view.full is full
+    assert {n for n, _ in view.named_parameters()} == {n for n, _ in full.named_parameters()}  # one naming
+    trainable = list(view.trainable_parameters())
+    top = full.synthesis_net.parameters_until(full.synthesis_net.layers[full.synthesis_net.output_ids[0]].id)
+    assert len(trainable) < len(top)
+    ws = view.full_ws(full.mapping(full.z_from_seed(4)))
+    with torch.no_grad():
+        before_full, before_view = full.synthesis(ws), view.synthesis(ws)
+        assert before_view.shape == (1, 3, 256, 256)
+        # the W+ entries above the cut change the full image, never the view's
+        moved = ws.clone()
+        moved[:, view.used_ws:] += 0.5
+        torch.testing.assert_close(view.synthesis(moved), before_view, rtol=0, atol=0)
+        assert not torch.allclose(full.synthesis(moved), before_full)
+        trainable[0].mul_(1.1)  # as an optimiser step on the view would
+        assert not torch.allclose(full.synthesis(ws), before_full)
+    # G_s as LTU makes it: a deep copy whose full generator shares the copy's weights
+    frozen = copy.deepcopy(view)
+    assert frozen.full.synthesis_net is frozen.synthesis_net and frozen.synthesis_net is not view.synthesis_net
+    # full_ws: the layers the fit never reached take the last fitted layer's w
+    fitted = torch.randn(1, view.num_ws, view.w_dim)
+    completed = view.full_ws(fitted)
+    torch.testing.assert_close(completed[:, :view.used_ws], fitted[:, :view.used_ws])
+    assert torch.equal(completed[:, -1], fitted[:, view.used_ws - 1])
+
+
+def test_the_head_draws_the_full_image_downsampled(mobilestylegan):
+    view = mobilestylegan.at_resolution(256)
+    psnr = []
+    with torch.no_grad():
+        for seed in (0, 1, 2, 3):
+            ws = mobilestylegan.mapping(mobilestylegan.z_from_seed(seed))
+            reference = F.avg_pool2d(mobilestylegan.synthesis(ws), 4)
+            mse = F.mse_loss(view.synthesis(ws), reference)
+            psnr.append(float(10 * torch.log10(4 / mse)))
+            # a head that ignored the features would be far off: the mean face colour scores ~10 dB
+            flat = reference.mean((2, 3), keepdim=True).expand_as(reference)
+            assert psnr[-1] > float(10 * torch.log10(4 / F.mse_loss(flat, reference))) + 6
+    assert sum(psnr) / len(psnr) > 20, psnr  # measured on 100 seeds: benchmarks/reduced_resolution.py
+
+
+def test_train_resolutions_a_generator_cannot_offer_are_refused(mobilestylegan, dcgan):
+    with pytest.raises(ValueError, match="dcgan-digiface64 renders only at 64x64"):
+        dcgan.at_resolution(32)
+    with pytest.raises(ValueError, match="cannot be trained at 300x300: its blocks give 8, 16, .*512"):
+        mobilestylegan.at_resolution(300)
+    assert mobilestylegan.at_resolution(1024) is mobilestylegan
+    with pytest.raises(ConfigError, match="train_resolution must be at least 16"):
+        load_config(overrides=["train_resolution=8"])
+
+
+def test_a_run_at_128_erases_into_the_1024_generator(mobilestylegan, tmp_path):
+    require_weights("stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "fid-inception", "dlib-mmod")
+    cfg = load_config(overrides=["train_resolution=128", "iterations=3", "lr=1e-3", "checkpoint_every=3",
+                                 "latent_pool=2", "evaluation.fid_samples=4", "evaluation.fid_batch=4",
+                                 "evaluation.face_samples=0", "evaluation.reinversion=false"])
+    g = copy.deepcopy(mobilestylegan)
+    result = run_identity(g, IdentitySpec("s5", seed=5), cfg, Networks(cfg, "cpu"), tmp_path / "run",
+                          show_progress=False)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["train_resolution"] == 128 and saved["resolution"] == 1024 and saved["config"]["train_resolution"] == 128
+    assert result["status"] == "finished"
+    # only the layers below the 128² cut were trained; the checkpoint rebuilds the 1024² G_u
+    below = {id(p) for p in g.synthesis_net.parameters_until(cut_layer(g.synthesis_net, 128))}
+    names = {n for n, p in g.named_parameters() if id(p) in below}
+    assert set(saved["config"]) and result["trainable_parameters"] == sum(p.numel() for p in g.parameters() if id(p) in below)
+    reloaded = load_generator("mobilestylegan-ffhq1024", "cpu", checkpoint=tmp_path / "run" / "checkpoint.safetensors")
+    for (name, p), (_, q), (_, s) in zip(g.named_parameters(), reloaded.named_parameters(),
+                                         mobilestylegan.named_parameters()):
+        assert torch.equal(p, q), name
+        assert torch.equal(p, s) == (name not in names), name
+    ws = g.mapping(g.z_from_seed(5))
+    with torch.no_grad():
+        assert reloaded.synthesis(ws).shape == (1, 3, 1024, 1024)
