@@ -143,7 +143,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .core.config import from_dict, GuideConfig
-    from .core.pipeline import Networks, evaluate_run, training_view, write_json
+    from .core.pipeline import Networks, evaluate_run, inversion_view, write_json
     from .core.verdict import judge
     from .models import load_generator
 
@@ -167,7 +167,7 @@ def cmd_evaluate(args) -> int:
     nets = Networks(cfg, g_u.device)
     photo = result["source"]["seed"] is None
     metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets, photo,
-                           show_progress=True, g_u_fit=training_view(g_u, cfg))
+                           show_progress=True, g_u_fit=inversion_view(g_u, cfg))
     verdict = judge(metrics, photo, nets.thresholds)
     write_json(run / "evaluation.json", {**metrics, "verdict": verdict.verdict, "verdict_detail": verdict.to_dict()})
     print(json.dumps(metrics, indent=2))

@@ -297,7 +297,7 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
 
     from .core.evaluate import identity_similarity
     from .core.ltu import Unlearning
-    from .core.pipeline import Networks, evaluate_run, training_view
+    from .core.pipeline import Networks, evaluate_run, inversion_view, training_view
     from .core.verdict import judge
     from .models import load_generator
 
@@ -345,7 +345,7 @@ def run_trial(params: dict, *, sweep: Sweep, identities: list, sources: dict) ->
         diverged += ltu.status == "diverged"
         photo = spec.image is not None
         m = evaluate_run(ltu.g_s.full, run.generator.full, src.w_u, ltu.w_t, src.w_others, src.source_image, cfg,
-                         nets, photo, g_u_fit=run.generator)
+                         nets, photo, g_u_fit=inversion_view(run.generator.full, cfg))
         verdict = judge(m, photo, nets.thresholds).verdict
         erased += verdict == "erased"
         id_values.append(m["id"])

@@ -42,7 +42,7 @@ def test_the_reduced_view_trains_the_full_generator(mobilestylegan):
     trainable = list(view.trainable_parameters())
     top = full.synthesis_net.parameters_until(full.synthesis_net.layers[full.synthesis_net.output_ids[0]].id)
     assert len(trainable) < len(top)
-    ws = view.full_ws(full.mapping(full.z_from_seed(4)))
+    ws = full.mapping(full.z_from_seed(4))
     with torch.no_grad():
         before_full, before_view = full.synthesis(ws), view.synthesis(ws)
         assert before_view.shape == (1, 3, 256, 256)
@@ -56,11 +56,21 @@ def test_the_reduced_view_trains_the_full_generator(mobilestylegan):
     # G_s as LTU makes it: a deep copy whose full generator shares the copy's weights
     frozen = copy.deepcopy(view)
     assert frozen.full.synthesis_net is frozen.synthesis_net and frozen.synthesis_net is not view.synthesis_net
-    # full_ws: the layers the fit never reached take the last fitted layer's w
-    fitted = torch.randn(1, view.num_ws, view.w_dim)
-    completed = view.full_ws(fitted)
-    torch.testing.assert_close(completed[:, :view.used_ws], fitted[:, :view.used_ws])
-    assert torch.equal(completed[:, -1], fitted[:, view.used_ws - 1])
+
+
+def test_an_inversion_through_the_view_is_a_latent_of_the_full_generator(mobilestylegan):
+    require_weights("stlpips-vgg")
+    from guide_ray.core.inversion import ProjectorConfig, project
+    from guide_ray.models import load_perceptual
+
+    view = mobilestylegan.at_resolution(128)
+    with torch.no_grad():
+        target = mobilestylegan.synthesis(mobilestylegan.mapping(mobilestylegan.z_from_seed(6)))
+    fit = project(view, target, load_perceptual("stlpips-vgg", "cpu"), ProjectorConfig(steps=4, early_stop_patience=0))
+    assert fit.ws.shape == (1, mobilestylegan.num_ws, 512) and fit.target.shape[-1] == 128
+    # the entries the view never reads keep the projector's start, w_avg: a latent the 1024² network renders as such
+    assert torch.equal(fit.ws[0, view.used_ws:], mobilestylegan.w_avg.expand(view.num_ws - view.used_ws, -1))
+    assert not torch.equal(fit.ws[0, :view.used_ws], mobilestylegan.w_avg.expand(view.used_ws, -1))
 
 
 def test_the_head_draws_the_full_image_downsampled(mobilestylegan):
@@ -78,6 +88,23 @@ def test_the_head_draws_the_full_image_downsampled(mobilestylegan):
     assert sum(psnr) / len(psnr) > 20, psnr  # measured on 100 seeds: benchmarks/reduced_resolution.py
 
 
+def test_ltu_steps_the_folded_weights_as_the_official_code_steps_the_unscaled_ones(mobilestylegan, dcgan):
+    from guide_ray.core.ltu import optimizer_for
+
+    view = mobilestylegan.at_resolution(128)
+    params = [(n, p) for n, p in view.named_parameters() if any(p is q for q in view.trainable_parameters())]
+    optimizer = optimizer_for(view, params, 1e-4)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(lr_of) == len(params)
+    for _, p in params:
+        expected = 1e-4 / (p[0].numel() ** 0.5) if p.ndim >= 2 else 1e-4
+        assert lr_of[id(p)] == pytest.approx(expected)
+    pointwise = next(p for _, p in params if p.shape == (512, 128, 1, 1))
+    assert lr_of[id(pointwise)] == pytest.approx(1e-4 / 128 ** 0.5)
+    # generators stored with their run-time scales (the DCGAN) train at lr as given
+    assert {g["lr"] for g in optimizer_for(dcgan, list(dcgan.named_parameters()), 1e-4).param_groups} == {1e-4}
+
+
 def test_train_resolutions_a_generator_cannot_offer_are_refused(mobilestylegan, dcgan):
     with pytest.raises(ValueError, match="dcgan-digiface64 renders only at 64x64"):
         dcgan.at_resolution(32)
@@ -86,6 +113,8 @@ def test_train_resolutions_a_generator_cannot_offer_are_refused(mobilestylegan, 
     assert mobilestylegan.at_resolution(1024) is mobilestylegan
     with pytest.raises(ConfigError, match="train_resolution must be at least 16"):
         load_config(overrides=["train_resolution=8"])
+    with pytest.raises(ConfigError, match="inversion.resolution must be at least 16"):
+        load_config(overrides=["inversion.resolution=4"])
 
 
 def test_a_run_at_128_erases_into_the_1024_generator(mobilestylegan, tmp_path):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import GuideConfig
-from .ltu import Problem, select_trainable
+from .ltu import Problem, optimizer_for, select_trainable
 
 
 def _rss_bytes() -> int:
@@ -62,14 +62,14 @@ class LoopTiming:
 def time_loop(generator, w_u, cfg: GuideConfig, id_net, perceptual, loop: str, iterations: int,
               warmup: int) -> LoopTiming:
     g = copy.deepcopy(generator)
-    params = [p for _, p in select_trainable(g, cfg.trainable)]
+    params = select_trainable(g, cfg.trainable)
     problem = Problem(g, w_u, cfg, id_net, perceptual)
     t0 = time.perf_counter()
     if loop == "optimised":
         problem.fill_pool()
     setup = time.perf_counter() - t0
     step = problem.step_optimised if loop == "optimised" else problem.step_straightforward
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    optimizer = optimizer_for(g, params, cfg.lr)
     device = w_u.device
     step0 = None
 

@@ -241,8 +241,9 @@ def validate(cfg: GuideConfig) -> None:
         raise ConfigError(f"evaluation.face_kept_min is a share in [0, 1], got {ev.face_kept_min}")
     if ev.id_threshold is not None and not -1 <= ev.id_threshold <= 1:
         raise ConfigError(f"evaluation.id_threshold is a cosine similarity in [-1, 1], got {ev.id_threshold}")
-    if cfg.train_resolution is not None and cfg.train_resolution < 16:
-        raise ConfigError(f"train_resolution must be at least 16 (or null: the generator's own), got {cfg.train_resolution}")
+    for name, value in (("train_resolution", cfg.train_resolution), ("inversion.resolution", cfg.inversion.resolution)):
+        if value is not None and value < 16:
+            raise ConfigError(f"{name} must be at least 16 (or null: the generator's own), got {value}")
     if cfg.latent_pool < 0:
         raise ConfigError(f"latent_pool must be >= 0, got {cfg.latent_pool}")
     if not (cfg.use_local or cfg.use_adjacency or cfg.use_global):

@@ -46,6 +46,9 @@ class ProjectorConfig:
     seed: int = 0
     # A pSp / e4e checkpoint (models/psp.py) whose latent for the photo starts the optimisation; None: ``init``.
     encoder: str | None = None
+    # Fit through the generator's view at this resolution (MobileStyleGAN: 64-512, see the run's
+    # train_resolution); None: the run's train_resolution. Latents are the full generator's either way.
+    resolution: int | None = None
 
 
 @dataclass

@@ -43,6 +43,14 @@ def select_trainable(generator, pattern: str) -> list[tuple[str, torch.nn.Parame
     return selected
 
 
+def optimizer_for(generator, params: list[tuple[str, torch.nn.Parameter]], lr: float) -> torch.optim.Adam:
+    """Adam over ``params``, each at lr x generator.lr_scale(parameter) (groups in first-seen order)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for _, p in params:
+        groups.setdefault(generator.lr_scale(p), []).append(p)
+    return torch.optim.Adam([{"params": ps, "lr": lr * scale} for scale, ps in groups.items()], lr=lr)
+
+
 def target_latent(generator, w_u: torch.Tensor, cfg: GuideConfig, scale: float, face_check=None) -> FaceTarget:
     """w_t: Eq. 3 at distance d x ``scale`` (see ufo.distance_scale) in ``cfg.ufo_geometry``, or the
     average latent. With ``face_check`` (images -> face scores, with a ``threshold``) the distance
@@ -263,7 +271,7 @@ class Unlearning:
         self.cfg, self.generator, self.progress, self.on_checkpoint = cfg, generator, progress, on_checkpoint
         self.params = select_trainable(generator, cfg.trainable)
         self.problem = Problem(generator, w_u, cfg, id_net, perceptual, face_check)
-        self.optimizer = torch.optim.Adam([p for _, p in self.params], lr=cfg.lr)
+        self.optimizer = optimizer_for(generator, self.params, cfg.lr)
         self.start = 0
         if resume is not None:
             with torch.no_grad():

@@ -157,17 +157,23 @@ class SourceLatents:
 
 
 def training_view(generator, cfg: GuideConfig):
-    """The generator LTU and the inversion work on: ``generator`` itself, or its view at
-    ``cfg.train_resolution`` (sharing its parameters)."""
+    """The generator LTU trains: ``generator`` itself, or its view at ``cfg.train_resolution``
+    (sharing its parameters)."""
     return generator if cfg.train_resolution is None else generator.at_resolution(cfg.train_resolution)
+
+
+def inversion_view(generator, cfg: GuideConfig):
+    """The generator photos are inverted through (and re-inverted, in the evaluation):
+    ``cfg.inversion.resolution``, else the training resolution."""
+    resolution = cfg.inversion.resolution or cfg.train_resolution
+    return generator if resolution is None else generator.at_resolution(resolution)
 
 
 def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks,
                     show_progress: bool = True) -> SourceLatents:
-    """The identity's latents in ``generator``: its photo and other photos inverted (through the
-    training view at cfg.train_resolution), or its seed mapped; latents and images are the full
-    generator's."""
-    g_fit = training_view(generator, cfg)
+    """The identity's latents in ``generator``: its photo and other photos inverted (through
+    ``inversion_view``), or its seed mapped; latents and images are the full generator's."""
+    g_fit = inversion_view(generator, cfg)
 
     def invert(path) -> ProjectionResult:
         fit = _project_with_bar(invert_photo, f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps,
@@ -176,7 +182,6 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
         if g_fit is not generator:  # the photo as the full generator's evaluation sees it
             from ..models.face_align import photo_to_generator_crop
 
-            fit.ws = g_fit.full_ws(fit.ws)
             fit.target = photo_to_generator_crop(path, generator.resolution, box=generator.ffhq_box).to(generator.device)
         return fit
 
@@ -237,7 +242,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     t = time.perf_counter()
     photo = spec.image is not None
     metrics = evaluate_run(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
-                           show_progress, g_u_fit=g_train)
+                           show_progress, g_u_fit=inversion_view(generator, cfg))
     if g_train is not generator:  # the erasure as training saw it, beside the full-resolution ID above
         metrics["id_train_resolution"] = float(identity_similarity(nets.id_metric, ltu.g_s, g_train, w_u,
                                                                    cfg.evaluation.id_views)[0])
@@ -298,8 +303,8 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
                  show_progress: bool = False, g_u_fit=None) -> dict:
     """ID, ID_others, inversion ID, re-inversion ID, face scores and face_kept, FID_pre (and
     ΔFID_real with real statistics), all on full-resolution renders. ``photo``: the source is a
-    photo (not a seed); ``g_u_fit``: the view of G_u the re-inversion fits through (the training
-    view at cfg.train_resolution; default G_u)."""
+    photo (not a seed); ``g_u_fit``: the view of G_u the re-inversion fits through (``inversion_view``;
+    default G_u)."""
     ev = cfg.evaluation
     metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u, ev.id_views)[0])}
     source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
@@ -327,10 +332,9 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         fit = _project_with_bar(project, "re-inverting the source into G_u", cfg.inversion.steps, show_progress,
                                 g_fit, source_image, nets.perceptual, cfg.inversion,
                                 init_ws=None if encoder is None else encode(g_fit, encoder, source_image))
-        ws = g_fit.full_ws(fit.ws)
         with torch.no_grad():
-            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, ws))[0])
-        (metrics["face_reinversion"],), error = face_scores(nets, g_u, ws)
+            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, fit.ws))[0])
+        (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
         errors.append(error)
         after.append(metrics["face_reinversion"])
     fingerprint = generator_fingerprint(g_s)

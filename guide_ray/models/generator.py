@@ -140,14 +140,15 @@ class GeneratorBase(nn.Module):
                              f"trained at {resolution} (a reduced training resolution needs MobileStyleGAN)")
         return self
 
+    def lr_scale(self, parameter: nn.Parameter) -> float:
+        """LTU's step size for ``parameter``, as a multiple of cfg.lr: 1 for parameters stored as
+        their training code trained them (equalized-lr scales applied at run time)."""
+        return 1.0
+
     @property
     def full(self) -> "GeneratorBase":
         """The full-resolution generator this one is a view of (itself, unless a reduced view)."""
         return self
-
-    def full_ws(self, ws: torch.Tensor) -> torch.Tensor:
-        """A latent fitted through this generator, as the full-resolution generator's latent."""
-        return ws
 
     def sample_camera(self, batch, generator=None):
         return None
