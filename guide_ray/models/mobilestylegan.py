@@ -91,11 +91,10 @@ def cut_layer(graph: IRGraph, resolution: int) -> str:
     """The id of the last activation whose features are (resolution / 2)² in size: the output of
     the block whose wavelet features make a resolution² image."""
     size = resolution // 2
-    found = [lid for lid in graph.order if graph.layers[lid].type == "PReLU"
-             and graph.layers[lid].out_shapes[0][-2:] == [size, size]]
-    if resolution % 2 or not found or resolution >= 1024:
-        sizes = sorted({2 * graph.layers[lid].out_shapes[0][-1] for lid in graph.order
-                        if graph.layers[lid].type == "PReLU"})
+    activations = [lid for lid in graph.order if graph.layers[lid].type == "PReLU"]
+    found = [lid for lid in activations if graph.layers[lid].out_shapes[0][-2:] == [size, size]]
+    if resolution % 2 or not found or found[-1] == activations[-1]:  # the last block's is the full image
+        sizes = sorted({2 * graph.layers[lid].out_shapes[0][-1] for lid in activations})
         raise ValueError(f"MobileStyleGAN cannot be trained at {resolution}x{resolution}: its blocks give "
                          f"{', '.join(map(str, sizes[:-1]))} (or its full {sizes[-1]})")
     return found[-1]
