@@ -105,9 +105,11 @@ def test_sweep_interrupted_resumed_pareto_mlflow_and_export_to_fleet(tiny_genera
         assert runs[row["trial"]].data.tags["status"] == row["status"]
 
     # ASHA stopped some trials after fewer reports; the others reported 4 times (8 iterations / 2).
+    # How many complete depends on the order trials reach each rung; the first to reach a rung always
+    # goes on, so at least one completes.
     complete = [r for r in rows if r["status"] == "complete"]
     stopped = [r for r in rows if r["status"] == "stopped early"]
-    assert stopped and len(complete) >= 2, [(r["status"], r["reports"]) for r in rows]
+    assert stopped and complete, [(r["status"], r["reports"]) for r in rows]
     assert all(int(r["reports"]) < 4 for r in stopped) and all(int(r["reports"]) == 4 for r in complete)
 
     # The Pareto file lists exactly the trials that erased both identities (here all, see QUICK_SET) and
