@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from guide_ray import weights
-from guide_ray.core.config import load_config
+from guide_ray.config import load_config
 from guide_ray.core.evaluate import generated_identity
-from guide_ray.core.pipeline import IdentitySpec, Networks, SourceLatents, invert_identity
+from guide_ray.run.identity import IdentitySpec, SourceLatents, invert_identity
+from guide_ray.run.networks import Networks
 from guide_ray.core.ufo import distance_scale, ufo_target
 from guide_ray.images import grid, save_png, to_uint8
 from guide_ray.models import load_generator

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from guide_ray import weights
-from guide_ray.core.config import load_config
-from guide_ray.core.pipeline import IdentitySpec, Networks, SourceLatents, invert_identity, run_identity
+from guide_ray.config import load_config
+from guide_ray.run.identity import IdentitySpec, SourceLatents, invert_identity, run_identity
+from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
 
 ROWS = [("baseline", "Baseline"), ("extrapolated", "+ extrapolated w_t"), ("adjacency", "+ L_adj"),

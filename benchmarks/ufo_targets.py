@@ -15,8 +15,9 @@ import argparse
 
 import torch
 
-from guide_ray.core.config import load_config
-from guide_ray.core.evaluate import different_person_level, generated_identity
+from guide_ray.config import load_config
+from guide_ray.core.evaluate import generated_identity
+from guide_ray.run.networks import different_person_level
 from guide_ray.core.ltu import target_latent
 from guide_ray.core.ufo import distance_scale, geometry_for, ufo_target
 from guide_ray.models import load_generator, load_identity_net

@@ -103,13 +103,14 @@ def cmd_fid(args) -> int:
 
 
 def _config(args):
-    from .core.config import load_config
+    from .config import load_config
 
     return load_config(args.config, args.set or (), preset=args.preset)
 
 
 def cmd_unlearn(args) -> int:
-    from .core.pipeline import IdentitySpec, Networks, run_identity
+    from .run.identity import IdentitySpec, run_identity
+    from .run.networks import Networks
     from .models import load_generator
 
     cfg = _config(args)
@@ -142,8 +143,11 @@ def cmd_evaluate(args) -> int:
 
     import torch
 
-    from .core.config import from_dict, GuideConfig
-    from .core.pipeline import Networks, evaluate_run, inversion_view, write_json
+    from .config import from_dict, GuideConfig
+    from .core.evaluate import evaluate_run
+    from .run.files import write_json
+    from .run.identity import bar_callback, inversion_view, progress_bar
+    from .run.networks import Networks
     from .core.verdict import judge
     from .models import load_generator
 
@@ -166,8 +170,9 @@ def cmd_evaluate(args) -> int:
         source = photo_to_generator_crop(result["source"]["image"], g_s.resolution, box=g_s.ffhq_box).to(g_s.device)
     nets = Networks(cfg, g_u.device)
     photo = result["source"]["seed"] is None
-    metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets, photo,
-                           show_progress=True, g_u_fit=inversion_view(g_u, cfg))
+    with progress_bar("re-inverting the source into G_u", cfg.inversion.steps, cfg.evaluation.reinversion) as bar:
+        metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets,
+                               photo, g_u_fit=inversion_view(g_u, cfg), progress=bar_callback(bar))
     verdict = judge(metrics, photo, nets.thresholds)
     write_json(run / "evaluation.json", {**metrics, "verdict": verdict.verdict, "verdict_detail": verdict.to_dict()})
     print(json.dumps(metrics, indent=2))
@@ -178,9 +183,10 @@ def cmd_evaluate(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .core.bench import time_loop
+    from .run.bench import time_loop
     from .core.inversion import random_source
-    from .core.pipeline import Networks, training_view
+    from .run.identity import training_view
+    from .run.networks import Networks
     from .models import load_generator
 
     cfg = _config(args)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guide_ray.core.config import load_config
+from guide_ray.config import load_config
 from guide_ray.core.evaluate import evaluation_views, generator_stats, identity_similarity
 from guide_ray.core.ltu import unlearn
 from guide_ray.models import load_generator

@@ -19,7 +19,7 @@ from ray.job_submission import JobSubmissionClient
 from PIL import Image
 
 from guide_ray import fleet
-from guide_ray.core.evaluate import different_person_level
+from guide_ray.run.networks import different_person_level
 from guide_ray.models import load_identity_net
 from tests.conftest import NETS, require_weights, wait_for
 

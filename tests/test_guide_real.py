@@ -2,11 +2,11 @@
 
 import torch
 
-from guide_ray.core.config import load_config
+from guide_ray.config import load_config
 from guide_ray.core.evaluate import identity_similarity
 from guide_ray.core.inversion import random_source
 from guide_ray.core.ltu import unlearn
-from guide_ray.core.pipeline import Networks
+from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
 from tests.conftest import require_weights
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from guide_ray.core.config import load_config
+from guide_ray.config import load_config
 from guide_ray.core.inversion import LatentEncoder, encode
 from guide_ray.models.identity import LANDMARKS5, arcface_box, load_identity_net, mtcnn_photo_chip
 from guide_ray.models.irse import load_backbone

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guide_ray.core.config import ConfigError, GuideConfig, config_hash, load_config
+from guide_ray.config import ConfigError, GuideConfig, config_hash, load_config
 from guide_ray.core.losses import adjacent_deltas
 from guide_ray.core.ltu import LatentSampler, Problem, select_trainable, unlearn
 from guide_ray.core.ufo import SHRINK_FACTOR, SHRINK_STEPS, distance_scale, face_target, typical_distance, ufo_target

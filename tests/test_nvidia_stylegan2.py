@@ -544,7 +544,7 @@ def test_safetensors_round_trip(snapshot, tmp_path):
 def test_a_run_checkpoint_exports_back_to_the_users_pickle(snapshot, tmp_path):
     """The user's path: load_generator(pkl) -> (LTU writes checkpoint.safetensors) -> `export`."""
     from guide_ray import cli
-    from guide_ray.core.checkpoint import save_trainable
+    from guide_ray.models.checkpoint import save_trainable
     from guide_ray.models import load_generator
 
     path, nets, sentinel = snapshot

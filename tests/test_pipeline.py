@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from guide_ray import cli
-from guide_ray.core.config import load_config
-from guide_ray.core.pipeline import IdentitySpec, Networks, RunExists, run_identity
+from guide_ray.config import load_config
+from guide_ray.run.identity import IdentitySpec, RunExists, run_identity
+from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
 from tests.conftest import require_weights
 

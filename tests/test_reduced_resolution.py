@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guide_ray.core.config import ConfigError, load_config
-from guide_ray.core.pipeline import IdentitySpec, Networks, run_identity
+from guide_ray.config import ConfigError, load_config
+from guide_ray.run.identity import IdentitySpec, run_identity
+from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
 from guide_ray.models.mobilestylegan import cut_layer
 from tests.conftest import require_weights

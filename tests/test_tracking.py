@@ -15,9 +15,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from guide_ray import fleet, review
-from guide_ray.core.checkpoint import apply_checkpoint
+from guide_ray.models.checkpoint import apply_checkpoint
 from guide_ray.models import load_generator
-from guide_ray.sweep import SweepError, pick, write_results
+from guide_ray.sweep.results import pick, write_results
+from guide_ray.sweep.spec import SweepError
 from guide_ray.tracking import is_server, model_name, resolve_uri
 
 REPO = Path(__file__).resolve().parents[1]

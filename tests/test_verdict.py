@@ -10,8 +10,10 @@ import json
 import pytest
 import torch
 
-from guide_ray.core.config import load_config
-from guide_ray.core.pipeline import IdentitySpec, Networks, evaluate_run, run_identity
+from guide_ray.config import load_config
+from guide_ray.core.evaluate import evaluate_run
+from guide_ray.run.identity import IdentitySpec, run_identity
+from guide_ray.run.networks import Networks
 from guide_ray.core.ufo import distance_scale, ufo_target
 from guide_ray.core.verdict import Thresholds, judge
 from guide_ray.models import load_generator

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import GuideConfig
 from ..models.fid import FeatureStats, InceptionFeatures
 from ..models.identity import cosine
+from .inversion import ProgressFn, encode, project
 
 
 def evaluation_views(generator, n: int = 11) -> list[torch.Tensor | None]:
@@ -88,20 +90,82 @@ def fid_scores(g_s, g_u, inception: InceptionFeatures, samples: int, seed: int, 
     return FidResult(fid_pre=before.fid(after), delta_fid_real=delta, samples=samples)
 
 
-def different_person_level(metric_net) -> float:
-    """The metric's mean similarity between different people: openpeople's studio portraits,
-    every pair of identities. An erased identity's ID should fall below it."""
-    from .. import weights
-    from ..images import load_image
-    from ..models.face_align import default_aligner
-
-    root, aligner = weights.directory("openpeople"), default_aligner()
-    embeddings = []
+def face_scores(nets, generator, ws: torch.Tensor) -> tuple[list[float], str | None]:
+    """The face detector's score of each G(w); a detector that fails scores every image as no face
+    and the error is returned (it becomes part of the verdict, never a crash)."""
     with torch.no_grad():
-        for person in sorted(p.name for p in root.iterdir() if p.is_dir()):
-            path = root / person / "assets" / "studio_portrait.jpg"
-            image = load_image(path)
-            embeddings.append(metric_net.embed_photo(image, aligner.face(image, str(path))))
-    e = torch.cat(embeddings)
-    sim = cosine(e[:, None], e[None]).numpy()
-    return float(sim[np.triu_indices(len(e), 1)].mean())
+        images = torch.cat([generator.synthesis(w[None]) for w in ws])
+    try:
+        return [float(v) for v in nets.faces(images)], None
+    except Exception as e:  # whatever the detector raises, the images count as no face
+        return [nets.faces.no_face] * len(ws), f"{type(e).__name__}: {e}"
+
+
+def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets, photo: bool,
+                 g_u_fit=None, progress: ProgressFn | None = None) -> dict:
+    """ID, ID_others, inversion ID, re-inversion ID, face scores and face_kept, FID_pre (and
+    ΔFID_real with real statistics), all on full-resolution renders. ``nets``: the frozen networks
+    (run.networks.Networks: the ID metric, the face check, Inception and the caches of G_s's
+    statistics); ``photo``: the source is a photo (not a seed); ``g_u_fit``: the view of G_u the
+    re-inversion fits through (default G_u); ``progress``: the re-inversion's per-step callback."""
+    ev = cfg.evaluation
+    metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u, ev.id_views)[0])}
+    source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
+    metrics["id_target"] = float(cosine(source_and_target[0], source_and_target[1]))  # how far UFO moved
+    with torch.no_grad():  # is the person in the generator at all? (1 for a seed: its image is G_s(w_u))
+        source_id = nets.id_metric.embed_generated(source_image, g_u.ffhq_box)
+        metrics["inversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_s, w_u))[0])
+    if w_others is not None:
+        each = identity_similarity(nets.id_metric, g_s, g_u, w_others, ev.id_views)
+        metrics["id_others"] = float(each.mean())
+        metrics["id_others_each"] = [float(v) for v in each]
+    errors = []
+    (metrics["face_source"], metrics["face_target"]), error = face_scores(nets, g_s, torch.cat([w_u, w_t]))
+    errors.append(error)
+    after, error = face_scores(nets, g_u, w_u if w_others is None else torch.cat([w_u, w_others]))
+    errors.append(error)
+    metrics["face_after"] = after[0]
+    if w_others is not None:
+        metrics["face_others_each"] = after[1:]
+    if ev.reinversion:
+        # The source image projected into G_u with a fresh projector: is the person still drawable?
+        # (from the encoder's latent when there is one, as the first inversion)
+        g_fit = g_u if g_u_fit is None else g_u_fit
+        encoder = nets.encoder_for(g_fit)
+        fit = project(g_fit, source_image, nets.perceptual, cfg.inversion, progress=progress,
+                      init_ws=None if encoder is None else encode(g_fit, encoder, source_image))
+        with torch.no_grad():
+            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, fit.ws))[0])
+        (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
+        errors.append(error)
+        after.append(metrics["face_reinversion"])
+    fingerprint = generator_fingerprint(g_s)
+    if ev.face_samples:  # random faces of G_s must stay faces in G_u
+        with torch.no_grad():
+            z = torch.randn(ev.face_samples, g_s.z_dim, generator=torch.Generator().manual_seed(ev.fid_seed))
+            ws = g_s.mapping(z.to(g_s.device))
+        face_key = ("faces", fingerprint, ev.face_samples, ev.fid_seed)
+        # G_s is the same for every identity of a fleet: scored once (a detector failure is not kept)
+        before, error_before = nets.fid_cache.get(face_key) or face_scores(nets, g_s, ws)
+        if error_before is None:
+            nets.fid_cache[face_key] = before, None
+        samples_after, error_after = face_scores(nets, g_u, ws)
+        errors += [error_before, error_after]
+        faces = [i for i, v in enumerate(before) if nets.faces.is_face(v)]
+        metrics["face_samples_before"], metrics["face_samples_after"] = before, samples_after
+        after.extend(samples_after[i] for i in faces)
+    metrics["face_kept"] = sum(nets.faces.is_face(v) for v in after) / len(after)
+    if any(errors):
+        metrics["face_check_error"] = "; ".join(e for e in errors if e)
+    samples = ev.fid_samples or default_fid_samples(nets.device)
+    key = (fingerprint, samples, ev.fid_seed)
+    if key not in nets.fid_cache:
+        nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
+    real = None
+    if ev.real_stats:  # loaded once per Networks (its covariance factor is cached on it)
+        if ("real", ev.real_stats) not in nets.fid_cache:
+            nets.fid_cache[("real", ev.real_stats)] = FeatureStats.load(ev.real_stats)
+        real = nets.fid_cache[("real", ev.real_stats)]
+    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
+    metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
+    return metrics

@@ -19,36 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ProjectorConfig
 from ..models.generator import Generator
-
-
-@dataclass
-class ProjectorConfig:
-    space: Literal["w+", "w"] = "w+"  # "w": one latent shared by all num_ws layers
-    steps: int = 500
-    lr: float = 0.1  # Adam's peak learning rate
-    lambda_perceptual: float = 1.0
-    lambda_pixel: float = 1.0  # MSE between images in [-1, 1]
-    perceptual_size: int = 256  # larger images are area-downsampled to this before the perceptual net
-    init: Literal["w_avg", "mean_of_samples"] = "w_avg"
-    init_samples: int = 10_000  # mapping samples for "mean_of_samples" and for the latent noise's scale
-    # Latent noise: Gaussian noise of noise_strength x (per-coordinate std of mapped latents), fading
-    # quadratically to 0 over the first noise_ramp fraction of the steps, added to the latent before
-    # synthesis; it helps the optimisation leave the start's basin.
-    noise_strength: float = 0.5
-    noise_ramp: float = 0.75
-    lr_rampup: float = 0.05  # fraction of the steps over which lr rises linearly from 0
-    lr_rampdown: float = 0.25  # fraction of the steps over which lr falls to 0 along a half cosine
-    # Stop when the best total loss improved by no more than early_stop_tol (relative) over the
-    # last early_stop_patience steps; patience 0 disables early stopping.
-    early_stop_tol: float = 1e-3
-    early_stop_patience: int = 50
-    seed: int = 0
-    # A pSp / e4e checkpoint (models/psp.py) whose latent for the photo starts the optimisation; None: ``init``.
-    encoder: str | None = None
-    # Fit through the generator's view at this resolution (MobileStyleGAN: 64-512, see the run's
-    # train_resolution); None: the run's train_resolution. Latents are the full generator's either way.
-    resolution: int | None = None
 
 
 @dataclass

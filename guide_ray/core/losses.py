@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import GuideConfig
+from ..config import GuideConfig
 from .ufo import whole_norm
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .config import GuideConfig
+from ..config import GuideConfig
 from .losses import Targets, Terms, adjacent_deltas, total_loss
 from .ufo import FaceTarget, distance_scale, face_target, geometry_for
 

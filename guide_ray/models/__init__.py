@@ -47,7 +47,7 @@ def load_generator(spec: str | Path, device: str | torch.device | None = None,
         raise weights.WeightsError(
             f"generator {spec!r} is neither a known name ({', '.join(GENERATORS)}) nor an existing path")
     if checkpoint is not None:
-        from ..core.checkpoint import apply_checkpoint
+        from .checkpoint import apply_checkpoint
 
         apply_checkpoint(gen, checkpoint)
     return gen.eval().to(device or default_device())

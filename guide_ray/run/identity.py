@@ -1,17 +1,15 @@
 """One identity, end to end: source latent -> UFO target -> LTU -> evaluation -> files.
 
-The fleet and the CLI call ``run_identity``; it knows nothing of Ray or MLflow. An output folder
-holds ``result.json`` (config and hash, metrics, timings, latent distances), ``latents.pt``
-(w_u, w_t, the other photos' latents), ``checkpoint.safetensors`` (the trained tensors) and
-``grid.png``; while LTU runs, ``state.pt`` (written atomically every ``checkpoint_every`` steps)
-lets a rerun resume where it stopped.
+The fleet, the sweep and the CLI call ``run_identity``; it knows nothing of Ray or MLflow. An
+output folder holds ``result.json`` (config and hash, metrics, timings, latent distances),
+``latents.pt`` (w_u, w_t, the other photos' latents), ``checkpoint.safetensors`` (the trained
+tensors) and ``grid.png``; while LTU runs, ``state.pt`` (written atomically every
+``checkpoint_every`` steps) lets a rerun resume where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +17,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..config import GuideConfig, config_hash, to_dict
+from ..core.evaluate import evaluate_run, identity_similarity
+from ..core.inversion import ProjectionResult, invert_photo, random_source
+from ..core.ltu import unlearn
+from ..core.ufo import whole_norm
+from ..core.verdict import Verdict, judge
 from ..images import save_png, to_uint8
-from ..models import load_encoder, load_identity_net, load_perceptual
-from ..models.face_check import FaceCheck
-from ..models.identity import cosine
-from .checkpoint import metadata_json, save_trainable
-from .config import GuideConfig, config_hash, to_dict
-from .evaluate import (default_fid_samples, different_person_level, fid_scores, generated_identity,
-                       generator_fingerprint, generator_stats, identity_similarity)
-from .inversion import ProjectionResult, encode, invert_photo, project, random_source
-from .ltu import unlearn
-from .ufo import whole_norm
-from .verdict import Thresholds, Verdict, judge
+from ..models.checkpoint import metadata_json, save_trainable
+from .files import atomic_write, write_json
+from .networks import Networks
 
 
 class RunExists(ValueError):
@@ -52,69 +48,16 @@ class IdentitySpec:
             raise ValueError(f"identity {self.id!r}: give exactly one of image and seed")
 
 
-class Networks:
-    """The frozen networks a run needs, loaded once and shared by many identities.
-
-    The loss networks are stored channels-last (the same math; ~12% faster convolutions on CPU)
-    unless ``channels_last`` is False.
-    """
-
-    def __init__(self, cfg: GuideConfig, device: torch.device | str, channels_last: bool = True):
-        self.device = torch.device(device)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.perceptual = load_perceptual(cfg.perceptual_net, self.device).to(memory_format=fmt)
-        self.id_loss = load_identity_net(cfg.id_loss_net, self.device).to(memory_format=fmt)
-        self.id_metric = load_identity_net(cfg.id_metric_net, self.device)
-        # the inversion's encoder (cfg.inversion.encoder: GOAE, pSp or e4e), bound to a generator by encoder_for
-        self.encoder = load_encoder(cfg.inversion.encoder, self.device) if cfg.inversion.encoder else None
-        self.faces = FaceCheck(cfg.evaluation.face_detector, cfg.evaluation.face_threshold, self.device)
-        self._id_threshold = cfg.evaluation.id_threshold
-        self._face_kept_min = cfg.evaluation.face_kept_min
-        self._inception = None
-        self.fid_cache: dict[tuple, object] = {}  # G_s statistics (FID, face scores), reused across identities
-
-    def encoder_for(self, generator):
-        """The LatentEncoder for ``generator`` (offsets from its w_avg), or None without an encoder."""
-        return None if self.encoder is None else self.encoder.for_generator(generator)
-
-    @property
-    def thresholds(self) -> Thresholds:
-        """The verdict's thresholds; the ID level is the metric's different-person level unless the
-        config sets evaluation.id_threshold (measured once, on openpeople's portraits: seconds)."""
-        if self._id_threshold is None:
-            self._id_threshold = different_person_level(self.id_metric)
-        return Thresholds(self._id_threshold, self.faces.threshold, self._face_kept_min, self.faces.name)
-
-    @property
-    def inception(self):
-        if self._inception is None:
-            from ..models.fid import InceptionFeatures
-
-            self._inception = InceptionFeatures(device=self.device)
-        return self._inception
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        write(tmp)
-    os.replace(tmp.name, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
-
-
-def _bar(desc: str, total: int, enabled: bool):
+def progress_bar(desc: str, total: int, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def _project_with_bar(fn, desc: str, steps: int, show: bool, *args, **kwargs) -> ProjectionResult:
-    with _bar(desc, steps, show) as bar:
-        def progress(step, losses):
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses['total']:.4f}")
-        return fn(*args, progress=progress, **kwargs)
+def bar_callback(bar):
+    """A projection's per-step callback that advances ``bar``."""
+    def progress(step, losses):
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses['total']:.4f}")
+    return progress
 
 
 def check_output_folder(out: Path, cfg_hash: str, overwrite: bool) -> dict | None:
@@ -176,9 +119,9 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     g_fit = inversion_view(generator, cfg)
 
     def invert(path) -> ProjectionResult:
-        fit = _project_with_bar(invert_photo, f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps,
-                                show_progress, g_fit, path, nets.perceptual, cfg.inversion,
-                                encoder=nets.encoder_for(g_fit))
+        with progress_bar(f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps, show_progress) as bar:
+            fit = invert_photo(g_fit, path, nets.perceptual, cfg.inversion, encoder=nets.encoder_for(g_fit),
+                               progress=bar_callback(bar))
         if g_fit is not generator:  # the photo as the full generator's evaluation sees it
             from ..models.face_align import photo_to_generator_crop
 
@@ -223,9 +166,9 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
 
     def save_state(state: dict) -> None:
         state.update(config_hash=cfg_hash, sources=vars(sources.to("cpu")))
-        _atomic_write(out / "state.pt", lambda f: torch.save(state, f))
+        atomic_write(out / "state.pt", lambda f: torch.save(state, f))
 
-    with _bar(f"{spec.id}: unlearning", cfg.iterations, show_progress) as bar:
+    with progress_bar(f"{spec.id}: unlearning", cfg.iterations, show_progress) as bar:
         bar.update(resume["step"] if resume else 0)
 
         def progress(step, losses):
@@ -241,8 +184,9 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
 
     t = time.perf_counter()
     photo = spec.image is not None
-    metrics = evaluate_run(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
-                           show_progress, g_u_fit=inversion_view(generator, cfg))
+    with progress_bar("re-inverting the source into G_u", cfg.inversion.steps, show_progress and cfg.evaluation.reinversion) as bar:
+        metrics = evaluate_run(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
+                               g_u_fit=inversion_view(generator, cfg), progress=bar_callback(bar))
     if g_train is not generator:  # the erasure as training saw it, beside the full-resolution ID above
         metrics["id_train_resolution"] = float(identity_similarity(nets.id_metric, ltu.g_s, g_train, w_u,
                                                                    cfg.evaluation.id_views)[0])
@@ -286,89 +230,6 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     write_json(out / "result.json", result)
     (out / "state.pt").unlink(missing_ok=True)
     return result
-
-
-def face_scores(nets: Networks, generator, ws: torch.Tensor) -> tuple[list[float], str | None]:
-    """The face detector's score of each G(w); a detector that fails scores every image as no face
-    and the error is returned (it becomes part of the verdict, never a crash)."""
-    with torch.no_grad():
-        images = torch.cat([generator.synthesis(w[None]) for w in ws])
-    try:
-        return [float(v) for v in nets.faces(images)], None
-    except Exception as e:  # whatever the detector raises, the images count as no face
-        return [nets.faces.no_face] * len(ws), f"{type(e).__name__}: {e}"
-
-
-def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets: Networks, photo: bool,
-                 show_progress: bool = False, g_u_fit=None) -> dict:
-    """ID, ID_others, inversion ID, re-inversion ID, face scores and face_kept, FID_pre (and
-    ΔFID_real with real statistics), all on full-resolution renders. ``photo``: the source is a
-    photo (not a seed); ``g_u_fit``: the view of G_u the re-inversion fits through (``inversion_view``;
-    default G_u)."""
-    ev = cfg.evaluation
-    metrics: dict[str, object] = {"id": float(identity_similarity(nets.id_metric, g_s, g_u, w_u, ev.id_views)[0])}
-    source_and_target = generated_identity(nets.id_metric, g_s, torch.cat([w_u, w_t]))
-    metrics["id_target"] = float(cosine(source_and_target[0], source_and_target[1]))  # how far UFO moved
-    with torch.no_grad():  # is the person in the generator at all? (1 for a seed: its image is G_s(w_u))
-        source_id = nets.id_metric.embed_generated(source_image, g_u.ffhq_box)
-        metrics["inversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_s, w_u))[0])
-    if w_others is not None:
-        each = identity_similarity(nets.id_metric, g_s, g_u, w_others, ev.id_views)
-        metrics["id_others"] = float(each.mean())
-        metrics["id_others_each"] = [float(v) for v in each]
-    errors = []
-    (metrics["face_source"], metrics["face_target"]), error = face_scores(nets, g_s, torch.cat([w_u, w_t]))
-    errors.append(error)
-    after, error = face_scores(nets, g_u, w_u if w_others is None else torch.cat([w_u, w_others]))
-    errors.append(error)
-    metrics["face_after"] = after[0]
-    if w_others is not None:
-        metrics["face_others_each"] = after[1:]
-    if ev.reinversion:
-        # The source image projected into G_u with a fresh projector: is the person still drawable?
-        # (from the encoder's latent when there is one, as the first inversion)
-        g_fit = g_u if g_u_fit is None else g_u_fit
-        encoder = nets.encoder_for(g_fit)
-        fit = _project_with_bar(project, "re-inverting the source into G_u", cfg.inversion.steps, show_progress,
-                                g_fit, source_image, nets.perceptual, cfg.inversion,
-                                init_ws=None if encoder is None else encode(g_fit, encoder, source_image))
-        with torch.no_grad():
-            metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, fit.ws))[0])
-        (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
-        errors.append(error)
-        after.append(metrics["face_reinversion"])
-    fingerprint = generator_fingerprint(g_s)
-    if ev.face_samples:  # random faces of G_s must stay faces in G_u
-        with torch.no_grad():
-            z = torch.randn(ev.face_samples, g_s.z_dim, generator=torch.Generator().manual_seed(ev.fid_seed))
-            ws = g_s.mapping(z.to(g_s.device))
-        face_key = ("faces", fingerprint, ev.face_samples, ev.fid_seed)
-        # G_s is the same for every identity of a fleet: scored once (a detector failure is not kept)
-        before, error_before = nets.fid_cache.get(face_key) or face_scores(nets, g_s, ws)
-        if error_before is None:
-            nets.fid_cache[face_key] = before, None
-        samples_after, error_after = face_scores(nets, g_u, ws)
-        errors += [error_before, error_after]
-        faces = [i for i, v in enumerate(before) if nets.faces.is_face(v)]
-        metrics["face_samples_before"], metrics["face_samples_after"] = before, samples_after
-        after.extend(samples_after[i] for i in faces)
-    metrics["face_kept"] = sum(nets.faces.is_face(v) for v in after) / len(after)
-    if any(errors):
-        metrics["face_check_error"] = "; ".join(e for e in errors if e)
-    samples = ev.fid_samples or default_fid_samples(nets.device)
-    key = (fingerprint, samples, ev.fid_seed)
-    if key not in nets.fid_cache:
-        nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
-    real = None
-    if ev.real_stats:  # loaded once per Networks (its covariance factor is cached on it)
-        from ..models.fid import FeatureStats
-
-        if ("real", ev.real_stats) not in nets.fid_cache:
-            nets.fid_cache[("real", ev.real_stats)] = FeatureStats.load(ev.real_stats)
-        real = nets.fid_cache[("real", ev.real_stats)]
-    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
-    metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
-    return metrics
 
 
 def grid_title(identity: str, generator: str, verdict: Verdict, metrics: dict) -> str:

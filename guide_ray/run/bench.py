@@ -1,23 +1,24 @@
 """LTU iteration cost: the straightforward loop against the optimised one, side by side, same math.
 
 Both loops start from the same generator weights, source latent and random draws, so their
-step-0 losses agree; each then runs ``warmup`` untimed and ``iterations`` timed steps (the
-optimised loop's one-off pool computation is timed apart, as ``setup_seconds``). Peak
-memory is the CUDA allocator's peak on a GPU, and the peak resident set size (sampled every 5 ms
-from /proc) on CPU.
+step-0 losses agree; each then runs ``warmup`` untimed and ``iterations`` timed steps of
+``core.ltu.Unlearning`` (its one-off setup, the target and the optimised loop's pool, is timed
+apart as ``setup_seconds``). Peak memory is the CUDA allocator's peak on a GPU, and the peak
+resident set size (sampled every 5 ms from /proc) on CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
-from .config import GuideConfig
-from .ltu import Problem, optimizer_for, select_trainable
+from ..config import GuideConfig
+from ..core.ltu import Unlearning
 
 
 def _rss_bytes() -> int:
@@ -56,42 +57,26 @@ class LoopTiming:
     seconds_per_iteration: float
     peak_memory_mb: float
     step0_losses: dict[str, float]
-    setup_seconds: float  # the optimised loop's one-off computation of the pool's frozen targets
+    setup_seconds: float  # the one-off work before the first step: the target, and the optimised loop's pool
 
 
 def time_loop(generator, w_u, cfg: GuideConfig, id_net, perceptual, loop: str, iterations: int,
               warmup: int) -> LoopTiming:
-    g = copy.deepcopy(generator)
-    params = select_trainable(g, cfg.trainable)
-    problem = Problem(g, w_u, cfg, id_net, perceptual)
+    """``Unlearning``'s own steps on a copy of ``generator``: ``warmup`` untimed, then ``iterations`` timed."""
+    cfg = dataclasses.replace(cfg, iterations=warmup + iterations, checkpoint_every=warmup + iterations)
     t0 = time.perf_counter()
-    if loop == "optimised":
-        problem.fill_pool()
+    run = Unlearning(copy.deepcopy(generator), w_u, cfg, id_net, perceptual, loop=loop)
     setup = time.perf_counter() - t0
-    step = problem.step_optimised if loop == "optimised" else problem.step_straightforward
-    optimizer = optimizer_for(g, params, cfg.lr)
     device = w_u.device
-    step0 = None
-
-    def one_step():
-        nonlocal step0
-        losses = step(problem.sampler.draw())
-        if step0 is None:
-            step0 = losses.floats()
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
-
-    g.train()
-    for _ in range(warmup):
-        one_step()
+    run.advance(warmup)
     with _PeakMemory(device) as memory:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        for _ in range(iterations):
-            one_step()
+        run.advance(warmup + iterations)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = (time.perf_counter() - t0) / iterations
-    return LoopTiming(loop, seconds, memory.peak / 2**20, step0, setup)
+    if run.status == "diverged":
+        raise RuntimeError(f"the {loop} loop diverged while timing: {run.message}")
+    return LoopTiming(loop, seconds, memory.peak / 2**20, run.history[0], setup)

@@ -1,0 +1,229 @@
+"""The fleet's driver: schedules identities on Ray actors (parallel or sequential), records each
+result in the ledger and MLflow, registers the unlearned generators."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import GuideConfig, config_hash, to_dict
+from ..core.verdict import VERDICTS
+from ..ray_session import ray_session, worker_env
+from ..run.files import write_json
+from ..run.identity import IdentitySpec
+from .ledger import Ledger, ledger_row
+from .report import erosion_metrics, fmt, summary_table
+from .worker import IdentityWorker
+
+NOT_ALL_ERASED = 4  # exit status: every identity ran, but not every one was erased
+
+
+class FleetError(RuntimeError):
+    """The fleet cannot run at all (e.g. its workers cannot load the generator)."""
+
+
+class Fleet:
+    """The driver: schedules identities on Ray actors, records each result in the ledger and MLflow."""
+
+    def __init__(self, specs: list[IdentitySpec], cfg: GuideConfig, generator: str, mode: str, out: Path,
+                 tracking_uri: str | None, workers: int | None, gpus_per_worker: float, show_progress: bool = True,
+                 ray_address: str | None = None):
+        from ..tracking import Tracker, model_name, resolve_uri
+
+        self.specs, self.cfg, self.generator, self.mode = specs, cfg, generator, mode
+        self.out = Path(out).resolve()
+        self.cfg_hash = config_hash(cfg)
+        self.fleet_key = f"{mode}-{Path(generator).name}-{self.cfg_hash}"
+        self.runs = self.out / "runs" / self.fleet_key
+        self.ledger = Ledger(self.out / "ledger.parquet")
+        self.tracker = Tracker(resolve_uri(tracking_uri, self.out), self.out / "mlartifacts")
+        self.model_name = model_name(generator)
+        self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
+        self.ray_address = ray_address
+        self.parent = self.tracker.parent_run(
+            "fleet", self.fleet_key, f"fleet {mode} {self.fleet_key}",
+            {"mode": mode, "generator": generator, "identities": len(specs), "config": to_dict(cfg)},
+            {"mode": mode, "generator": Path(generator).name})
+
+    def _actors(self, count: int):
+        import ray
+
+        resources = ray.cluster_resources()
+        if resources.get("GPU", 0) > 0 and self.gpus_per_worker > 0:
+            count = count or max(1, int(resources["GPU"] / self.gpus_per_worker))
+            options = {"num_gpus": self.gpus_per_worker, "num_cpus": 1}
+            threads = None
+        else:
+            count = count or 1
+            threads = max(1, int(resources.get("CPU", 1) // count))
+            options = {"num_cpus": threads}
+        remote = ray.remote(max_restarts=-1, max_task_retries=2)(IdentityWorker)
+        actors = [remote.options(**options, runtime_env=worker_env()).remote(
+            self.generator, to_dict(self.cfg), None, threads) for _ in range(count)]
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayActorError as e:
+            raise FleetError(f"the workers could not load {self.generator} and the networks: {e}") from None
+        return actors
+
+    def _record(self, result: dict, step: int, done_before: dict[str, dict]) -> dict:
+        run_dir = self.runs / result["id"]
+        mlflow_id = self.tracker.identity_run(self.parent, self.fleet_key, result, run_dir,
+                                              {"mode": self.mode, "generator": Path(self.generator).name})
+        attempt = int(done_before.get(result["id"], {}).get("attempt") or 0) + 1
+        row = {**ledger_row(self.fleet_key, self.mode, self.generator, self.cfg_hash, step, result, run_dir, attempt),
+               "mlflow_run_id": mlflow_id}
+        self.ledger.upsert([row])
+        if self.mode == "parallel" and row["status"] == "finished":
+            self._register(row, [row["id"]], json.loads(row["metrics_json"]), {row["id"]: row["verdict"]})
+        return row
+
+    def _register(self, row: dict, identities: list[str], metrics: dict, verdicts: dict[str, str]) -> None:
+        """Register the generator of ``row``'s run (it was asked to forget ``identities``; ``verdicts``
+        says what came of each) in the Model Registry; tag all_erased says whether it may be deployed."""
+        tags = {"identities": ";".join(identities), "config_hash": self.cfg_hash, "fleet_key": self.fleet_key,
+                "mode": self.mode, "base_generator": self.generator, "checkpoint_uri": row["checkpoint_uri"],
+                "verdicts": ";".join(f"{i}={verdicts.get(i)}" for i in identities),
+                "all_erased": str(all(verdicts.get(i) == "erased" for i in identities)).lower(),
+                **{f"metric_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags)
+
+    def _register_finished(self, rows: dict[str, dict], ok: bool, earlier: list[str]) -> None:
+        """parallel: the generators of the identities an earlier run of this fleet finished (a crash
+        may have come before their registration; it is idempotent), the others were registered as
+        they finished; sequential: the final generator, once every identity is erased."""
+        if self.mode == "parallel":
+            for ident in earlier:
+                self._register(rows[ident], [ident], json.loads(rows[ident]["metrics_json"]),
+                               {ident: rows[ident].get("verdict")})
+        elif ok:
+            final = json.loads((self.runs / "final.json").read_text())
+            self._register(rows[self.specs[-1].id], [s.id for s in self.specs], erosion_metrics(final["erosion"]),
+                           {i: r.get("verdict") for i, r in rows.items()})
+
+    def _review(self, table: list[dict]) -> list[Path]:
+        """The parent run's files: summary table (CSV, HTML), ID and FID_pre per identity, and in
+        sequential mode the ID of every identity erased so far after each step."""
+        from .. import review
+
+        folder = self.runs / "_review"  # ids start with a letter or digit: no identity folder is named so
+        files = review.write_summary(table, folder, f"fleet {self.fleet_key}")
+        files.append(review.metrics_plot(table, folder / "metrics.png", f"fleet {self.fleet_key}"))
+        if self.mode == "sequential":
+            history = self.tracker.step_history(self.parent)
+            order = [s.id for s in self.specs]
+            ids_after = {i: history[f"id_now_{i}"] for i in order if f"id_now_{i}" in history}
+            if ids_after:
+                files.append(review.erosion_plot(order, ids_after, history.get("fid_pre_vs_original", {}),
+                                                 folder / "erosion.png", f"fleet {self.fleet_key}: erosion"))
+        return files
+
+    def run(self) -> int:
+        from tqdm import tqdm
+
+        from .. import review
+        from ..tracking import is_server
+
+        previous = self.ledger.fleet(self.fleet_key)
+        todo = [s for s in self.specs if previous.get(s.id, {}).get("status") != "finished"]
+        skipped = len(self.specs) - len(todo)
+        if skipped:
+            print(f"resuming fleet {self.fleet_key}: {skipped} identities already finished, {len(todo)} to run",
+                  file=sys.stderr)
+        bar = tqdm(total=len(self.specs), initial=skipped, desc=f"fleet ({self.mode})", unit="identity",
+                   disable=not self.show_progress, dynamic_ncols=True)
+        counts = {"finished": skipped, "failed": 0, "running": 0}
+
+        def note(row):
+            counts[row["status"] if row["status"] == "finished" else "failed"] += 1
+            bar.update(1)
+            bar.set_postfix(done=counts["finished"], running=counts["running"], failed=counts["failed"])
+            bar.write(f"{row['id']}: {row['status']}  {row.get('verdict') or ''}  ID {fmt(row.get('metric_id'))}  "
+                      f"face kept {fmt(row.get('metric_face_kept'), '.0%')}  FID_pre "
+                      f"{fmt(row.get('metric_fid_pre'), '.2f')}" + (f"  ({row['error']})" if row.get("error") else ""))
+
+        if todo:
+            with ray_session(self.ray_address):
+                if self.mode == "parallel":
+                    self._parallel(todo, previous, counts, note, bar)
+                else:
+                    self._sequential(previous, counts, note, bar)
+        bar.close()
+        rows = self.ledger.fleet(self.fleet_key)
+        ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)
+        erased = sum(rows.get(s.id, {}).get("verdict") == "erased" for s in self.specs)
+        table = review.summary_rows([s.id for s in self.specs], rows)
+        print(summary_table(table))
+        finished = [r for r in rows.values() if r["status"] == "finished"]
+        self._register_finished(rows, ok, [i for i in rows if i in previous and previous[i]["status"] == "finished"])
+        self.tracker.finish(self.parent, ok and erased == len(self.specs),
+                            {"identities_finished": len(finished), "identities_failed": len(self.specs) - len(finished),
+                             **{f"identities_{v}": sum(r.get("verdict") == v for r in rows.values()) for v in VERDICTS}},
+                            self._review(table),
+                            outcome=f"{erased} of {len(self.specs)} erased" + ("" if ok else ", some failed"))
+        uri = self.tracker.uri
+        print(f"ledger: {self.ledger.path}\nruns:   {self.runs}\nMLflow: {uri} " +
+              (f"(open {uri} in a browser)" if is_server(uri) else f"(open with: mlflow ui --backend-store-uri {uri})")
+              + f"; generators registered as {self.model_name}")
+        if not ok:
+            return 1
+        return 0 if erased == len(self.specs) else NOT_ALL_ERASED
+
+    def _parallel(self, todo, previous, counts, note, bar) -> None:
+        import ray
+
+        actors = self._actors(self.workers or 0)
+        pending, inflight, idle = deque(todo), {}, list(actors)
+        while pending or inflight:
+            while idle and pending:
+                actor, spec = idle.pop(), pending.popleft()
+                inflight[actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id))] = (actor, spec)
+            counts["running"] = len(inflight)
+            bar.set_postfix(done=counts["finished"], running=counts["running"], failed=counts["failed"])
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                actor, spec = inflight.pop(ref)
+                note(self._record(_get(ref, spec), -1, previous))
+                idle.append(actor)
+
+    def _sequential(self, previous, counts, note, bar) -> None:
+
+        (actor,) = self._actors(1)
+        start_from, erased = None, []
+        for step, spec in enumerate(self.specs):
+            before = previous.get(spec.id, {})
+            if before.get("status") == "finished":  # a resumed fleet: this step's generator is on disk
+                start_from = str(self.runs / spec.id / "checkpoint.safetensors")
+                erased.append((spec.id, str(self.runs / spec.id / "latents.pt")))
+                continue
+            counts["running"] = 1
+            ref = actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id), start_from, list(erased))
+            result = _get(ref, spec)
+            row = self._record(result, step, previous)
+            if result["status"] == "finished":
+                start_from = result["checkpoint"]
+                erased.append((spec.id, str(self.runs / spec.id / "latents.pt")))
+                erosion = result["erosion"]
+                self.ledger.upsert([{"fleet_key": self.fleet_key, "id": i, "id_now": v, "id_now_after": spec.id}
+                                    for i, v in erosion["id"].items()])
+                self.tracker.fleet_step(self.parent, step, erosion_metrics(erosion))
+                write_json(self.runs / "final.json", {"checkpoint": start_from, "after": spec.id, "step": step,
+                                                      "erosion": erosion})
+            note(row)
+
+
+def spec_dict(spec: IdentitySpec) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v)
+            for k, v in asdict(spec).items()}
+
+
+def _get(ref, spec: IdentitySpec) -> dict:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:  # retries exhausted
+        return {"id": spec.id, "status": "failed", "error": f"worker lost: {type(e).__name__}: {str(e)[:500]}"}
