@@ -133,3 +133,34 @@ def test_unknown_op_names_op_and_node(tmp_path):
                       + _field(1, _field(1, b"y") + _field(2, b"Erf") + _field(3, b"x")))
     with pytest.raises(NotImplementedError, match="'Erf'.*'y'"):
         FaceNet.from_graphdef(graph)
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    """A varint protobuf field (number below 16, value below 128)."""
+    return bytes([number << 3, value])
+
+
+def test_parser_reads_typed_values_and_skips_unknown_fields(tmp_path):
+    """protobuf's parser against our declared schema: a broadcast int_val tensor, a packed list,
+    a func attr (not in the schema), and fields TensorFlow has but we do not declare."""
+    from guide_ray.models.facenet import parse_graphdef
+
+    shape = _field(2, _varint_field(1, 2)) + _field(2, _varint_field(1, 3))  # dims [2, 3]
+    tensor = _varint_field(1, 3) + _field(2, shape) + _varint_field(7, 5)  # int32, int_val [5]
+    attrs = (_field(5, _field(1, b"value") + _field(2, _field(8, tensor)))
+             + _field(5, _field(1, b"strides") + _field(2, _field(1, _field(3, bytes([1, 2, 2, 1])))))
+             + _field(5, _field(1, b"f") + _field(2, _field(10, _field(1, b"fn")))))
+    graph = tmp_path / "typed.pb"
+    graph.write_bytes(
+        _field(1, _field(1, b"x") + _field(2, b"Placeholder") + _field(4, b"/cpu:0")
+               + _field(6, b"\x0a\x01z"))  # device, experimental_debug_info (not declared)
+        + _field(1, _field(1, b"c") + _field(2, b"Const") + attrs + _field(14, b"unknown"))
+        + _field(4, _varint_field(1, 27))  # versions
+        + _field(5, b"\x0a\x03abc"))  # debug_info (not declared)
+    x, c = parse_graphdef(graph)
+    assert (x.name, x.op, x.inputs, x.attr) == ("x", "Placeholder", [], {})
+    assert (c.name, c.op) == ("c", "Const")
+    value = c.attr["value"]
+    assert value.dtype == np.int32 and value.shape == (2, 3) and (value == 5).all()
+    assert c.attr["strides"] == [1, 2, 2, 1]
+    assert c.attr["f"] is None

@@ -13,6 +13,10 @@ from guide_ray.models.insightface_backend import (ARCFACE_TEMPLATE, ArcFaceEmbed
                                                   similarity_transform)
 from tests.conftest import require_weights
 
+# insightface's norm_crop calls scikit-image's deprecated SimilarityTransform.estimate; the module
+# silences it, but pytest restores the warning filters around each test.
+pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
+
 
 def tiny_arcface(path, mxnet_style: bool = False, input_hw=(112, 112)):
     """An ONNX model with ArcFace's interface: "input.1" [N, 3, 112, 112] -> conv, ReLU, global pool, Gemm -> [N, 512].
@@ -74,51 +78,90 @@ def chips(photos):
     return np.stack([norm_crop(p, landmarks_in(p, i)) for i, p in enumerate(photos)])
 
 
-def test_similarity_transform_matches_skimage_and_recovers_known_transforms():
-    from skimage.transform import SimilarityTransform
+def random_similarity(rng) -> np.ndarray:
+    angle, scale = rng.uniform(-np.pi, np.pi), rng.uniform(0.2, 8)
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    return np.array([[c, -s, rng.uniform(-300, 300)], [s, c, rng.uniform(-300, 300)]])
 
+
+def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ m[:, :2].T + m[:, 2]
+
+
+def test_similarity_transform_recovers_known_transforms():
     rng = np.random.default_rng(0)
-    for _ in range(5):
-        src, dst = rng.uniform(0, 500, (5, 2)), rng.uniform(0, 112, (5, 2))
-        reference = SimilarityTransform.from_estimate(src, dst)
-        np.testing.assert_allclose(similarity_transform(src, dst), reference.params[:2], atol=1e-9)
-    c, s = 2.5 * np.cos(0.3), 2.5 * np.sin(0.3)
-    m = np.array([[c, -s, 10.0], [s, c, -4.0]])
-    src = rng.uniform(0, 100, (5, 2))
-    np.testing.assert_allclose(similarity_transform(src, src @ m[:, :2].T + m[:, 2]), m, atol=1e-9)
+    for _ in range(10):
+        m, src = random_similarity(rng), rng.uniform(0, 500, (5, 2))
+        np.testing.assert_allclose(similarity_transform(src, apply(m, src)), m, atol=1e-9)
+    # With noise it is the least-squares fit: no worse than the transform the points came from.
+    src = rng.uniform(0, 500, (5, 2))
+    m = random_similarity(rng)
+    dst = apply(m, src) + rng.normal(0, 3, (5, 2))
+    fit = similarity_transform(src, dst)
+    assert ((apply(fit, src) - dst) ** 2).sum() <= ((apply(m, src) - dst) ** 2).sum()
+    # Never a reflection, even onto mirrored points.
+    mirrored = similarity_transform(src, src * [-1, 1])
+    assert np.linalg.det(mirrored[:, :2]) > 0
 
 
-@pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")  # inside insightface
-def test_norm_crop_matches_insightface(photos, chips):
+def test_similarity_transform_refuses_bad_point_sets():
+    with pytest.raises(ValueError, match="point sets"):
+        similarity_transform(np.zeros((5, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="point sets"):
+        similarity_transform(np.zeros((1, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="coincide"):
+        similarity_transform(np.ones((5, 2)), ARCFACE_TEMPLATE)
+
+
+def test_template_is_insightfaces_and_read_only():
     from insightface.utils import face_align
 
-    for i, photo in enumerate(photos):
-        theirs = face_align.norm_crop(photo, landmarks_in(photo, i).astype(np.float32))
-        assert chips[i].shape == theirs.shape == (112, 112, 3)
-        assert np.abs(chips[i].astype(int) - theirs.astype(int)).max() <= 1
+    np.testing.assert_array_equal(ARCFACE_TEMPLATE, face_align.arcface_dst)
+    with pytest.raises(ValueError):
+        ARCFACE_TEMPLATE[0, 0] = 0
+
+
+@pytest.mark.parametrize("size", [112, 224])
+def test_norm_crop_puts_the_landmarks_on_the_template(size):
+    """A red Gaussian spot at each landmark of a tilted, scaled face lands on the template point
+    (scaled to the chip), in the red channel only: the warp is right and RGB stays RGB."""
+    m = np.array([[2.4, -0.6, 180.0], [0.6, 2.4, 90.0]])  # template -> image: scale ~2.5, 14 degrees
+    landmarks = apply(m, ARCFACE_TEMPLATE)
+    yy, xx = np.mgrid[:480, :640]
+    for k, (x, y) in enumerate(landmarks):
+        image = np.zeros((480, 640, 3), np.uint8)
+        image[..., 0] = np.round(255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 4.0 ** 2)))
+        chip = norm_crop(image, landmarks, size)
+        assert chip.shape == (size, size, 3) and chip.dtype == np.uint8
+        assert chip[..., 1:].max() == 0 and chip[..., 0].max() > 100
+        w = chip[..., 0].astype(float)
+        cy, cx = np.mgrid[:size, :size]
+        centroid = np.array([(w * cx).sum(), (w * cy).sum()]) / w.sum()
+        np.testing.assert_allclose(centroid, ARCFACE_TEMPLATE[k] * size / 112, atol=0.25)
+    with pytest.raises(ValueError, match="multiple of 112"):
+        norm_crop(image, landmarks, 100)
+
+
+def test_norm_crop_of_real_photos(chips):
+    assert chips.shape == (3, 112, 112, 3) and chips.dtype == np.uint8
     assert chips.std() > 20  # real picture content, not the black border
 
 
-def test_embeddings_match_onnxruntime_and_insightface(model_file, chips):
-    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-
+def test_embeddings_match_onnxruntime_run_directly(model_file, chips):
     ours = load_arcface(model_file, providers=["CPUExecutionProvider"])
     assert (ours.input_mean, ours.input_std, ours.input_size) == (127.5, 127.5, 112)
     emb = ours.embed(chips)
     assert emb.shape == (3, 512) and emb.dtype == np.float32
 
-    # onnxruntime directly, with insightface's preprocessing: RGB, (pixel - 127.5) / 127.5, NCHW.
+    # onnxruntime directly, with ArcFace's preprocessing: RGB, (pixel - 127.5) / 127.5, NCHW.
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     blob = ((chips.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(emb, session.run(None, {"input.1": blob})[0], rtol=1e-5, atol=1e-5)
-
-    # insightface's own class: get_feat takes BGR chips (OpenCV's order) and swaps them to RGB.
-    theirs = ArcFaceONNX(model_file=str(model_file))
-    assert (theirs.input_mean, theirs.input_std) == (ours.input_mean, ours.input_std)
-    np.testing.assert_allclose(emb, theirs.get_feat(list(chips[..., ::-1])), rtol=1e-5, atol=1e-5)
-
-    # The tiny model does see the channel order, so the equalities above check it.
+    # The tiny model does see the channel order, so the equality above checks it.
     assert np.abs(ours.embed(np.ascontiguousarray(chips[..., ::-1])) - emb).max() > 1e-2 * np.abs(emb).max()
+    # insightface's BGR entry point (get_feat swaps OpenCV's BGR to RGB) agrees with our RGB one.
+    np.testing.assert_allclose(emb, ours.runner.get_feat(list(chips[..., ::-1])), rtol=1e-5, atol=1e-5)
+    assert ours.session.get_providers() == ["CPUExecutionProvider"]
 
     # Torch interface: NCHW in [-1, 1], same embeddings, no autograd.
     x = torch.from_numpy(chips).permute(0, 3, 1, 2).float().div(127.5).sub(1).requires_grad_(True)
@@ -128,12 +171,12 @@ def test_embeddings_match_onnxruntime_and_insightface(model_file, chips):
 
 
 def test_mxnet_style_models_take_raw_pixels(tmp_path, chips):
-    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-
     path = tiny_arcface(tmp_path / "mxnet_style.onnx", mxnet_style=True)
-    ours, theirs = ArcFaceEmbedder(path), ArcFaceONNX(model_file=str(path))
-    assert (ours.input_mean, ours.input_std) == (theirs.input_mean, theirs.input_std) == (0.0, 1.0)
-    np.testing.assert_allclose(ours.embed(chips), theirs.get_feat(list(chips[..., ::-1])), rtol=1e-5, atol=1e-5)
+    ours = ArcFaceEmbedder(path)
+    assert (ours.input_mean, ours.input_std) == (0.0, 1.0)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    raw = chips.astype(np.float32).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(ours.embed(chips), session.run(None, {"input.1": raw})[0], rtol=1e-5, atol=1e-5)
 
 
 def test_model_pack_lookup(tmp_path, model_file, chips):

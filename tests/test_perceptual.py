@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -5,8 +7,13 @@ from PIL import Image
 
 from guide_ray import weights
 from guide_ray.images import load_image
-from guide_ray.models.perceptual import STLPIPS, OfficialLPIPS, load_perceptual
+from guide_ray.models.perceptual import STLPIPS, OfficialLPIPS, load_perceptual, lpips_linear
 from tests.conftest import require_weights
+
+# The sha256 of lpips 0.1.4's linear layers, as the manifest pinned them when they were pulled from
+# the lpips wheel (weight "lpips-linear"); OfficialLPIPS now reads them from the installed package.
+LPIPS_LINEAR_SHA256 = {"vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+                       "alex": "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"}
 
 
 def portrait(person: str, size: int = 256) -> torch.Tensor:
@@ -88,8 +95,18 @@ def test_official_lpips_names_the_missing_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "hub").exists()
 
 
+@pytest.mark.parametrize("net", sorted(LPIPS_LINEAR_SHA256))
+def test_installed_lpips_ships_the_pinned_linear_layers(net):
+    linear = lpips_linear(net)
+    assert linear.is_file()
+    digest = hashlib.sha256(linear.read_bytes()).hexdigest()
+    assert digest == LPIPS_LINEAR_SHA256[net]
+    manifest = weights.manifest().get("lpips-linear")
+    if manifest is not None:  # the same file the weight pulls from the lpips wheel
+        assert digest == next(f.sha256 for f in manifest.files if f.path == f"{net}.pth")
+
+
 def test_official_lpips_uses_the_cached_checkpoint_without_downloading(tmp_path, monkeypatch):
-    require_weights("lpips-linear")
     import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -101,8 +118,10 @@ def test_official_lpips_uses_the_cached_checkpoint_without_downloading(tmp_path,
     model = OfficialLPIPS("alex")
     assert torch.equal(getattr(model.model.net.slice1, "0").weight, trunk["features.0.weight"])
     assert torch.equal(getattr(model.model.net.slice5, "10").bias, trunk["features.10.bias"])
-    linear = torch.load(weights.path("lpips-linear", "alex.pth"), map_location="cpu", weights_only=True)
-    assert torch.equal(model.model.lin0.model[1].weight, linear["lin0.model.1.weight"])
+    with lpips_linear("alex").open("rb") as f:  # the package's layers, not lpips.LPIPS's random init
+        linear = torch.load(f, map_location="cpu", weights_only=True)
+    assert all(torch.equal(getattr(model.model, f"lin{k}").model[1].weight, linear[f"lin{k}.model.1.weight"])
+               for k in range(5))
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         d = model(x, x.flip(0))

@@ -1,12 +1,13 @@
 """FaceNet (Inception-ResNet-v1, VGGFace2, 512-d) from a frozen TensorFlow graph, run in PyTorch.
 
 The weight ``facenet-vggface2`` is facenet's 20180402-114759 model as a frozen ``GraphDef``
-(``graph_final.pb``) with its batch norms folded into the convolutions. We read the protobuf with
-a small wire-format decoder of our own (no TensorFlow, no ``protobuf`` package), then interpret the
-graph node by node with torch ops. Float constants with more than one element (conv kernels,
-biases, the bottleneck and its batch norm) become ``nn.Parameter``s; scalars (the residual scales,
-the L2 epsilon) stay buffers. Only the ops this graph uses are implemented; any other raises
-``NotImplementedError`` naming the op and the node.
+(``graph_final.pb``) with its batch norms folded into the convolutions. The ``protobuf`` package
+parses it against the few TensorFlow messages a frozen graph uses, declared in this module with
+TensorFlow's field numbers (no TensorFlow needed); the graph is then interpreted node by node with
+torch ops. Float constants with more than one element (conv kernels, biases, the bottleneck and
+its batch norm) become ``nn.Parameter``s; scalars (the residual scales, the L2 epsilon) stay
+buffers. Only the ops this graph uses are implemented; any other raises ``NotImplementedError``
+naming the op and the node.
 
 What the graph expects, read from the file itself:
 
@@ -31,159 +32,133 @@ Activations are NCHW inside; TF's NHWC-dependent attributes (concat axes, reshap
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 from torch import nn
 
 SIZE = 160
 
-# --- protobuf wire format ----------------------------------------------------------------------
-# A message is a sequence of (field number, wire type, value). Wire types used by GraphDef:
-# 0 varint, 1 fixed64, 2 length-delimited (bytes, strings, sub-messages, packed arrays), 5 fixed32.
+# --- the GraphDef schema, for protobuf's own parser --------------------------------------------
+# TensorFlow's .proto files do not ship with protobuf, and TensorFlow is no dependency, so the
+# messages a frozen graph needs are declared here with TensorFlow's field numbers and types
+# (tensorflow/core/framework/{graph,node_def,attr_value,tensor,tensor_shape,versions}.proto, all
+# proto3). The DataType enum is declared as int32: the same varint on the wire. Fields left out
+# (function bodies, debug info, resource handles, ...) are unknown to the parser, which skips
+# them. The classes live in a private descriptor pool: an installed TensorFlow registers the same
+# message names in protobuf's default pool, and the two must not clash.
+
+_F = descriptor_pb2.FieldDescriptorProto
+_SCALARS = {"int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "uint32": _F.TYPE_UINT32,
+            "uint64": _F.TYPE_UINT64, "float": _F.TYPE_FLOAT, "double": _F.TYPE_DOUBLE,
+            "bool": _F.TYPE_BOOL, "string": _F.TYPE_STRING, "bytes": _F.TYPE_BYTES}
+_ONE, _MANY, _ONEOF = "one", "many", "oneof"  # singular, repeated, member of AttrValue's oneof
+
+# message (nested ones after their parent) -> [(field, number, scalar type or message, label)]
+_SCHEMA = {
+    "GraphDef": [("node", 1, "NodeDef", _MANY), ("library", 2, "FunctionDefLibrary", _ONE),
+                 ("version", 3, "int32", _ONE), ("versions", 4, "VersionDef", _ONE)],
+    "FunctionDefLibrary": [],  # its functions are skipped; a frozen graph has none
+    "VersionDef": [("producer", 1, "int32", _ONE), ("min_consumer", 2, "int32", _ONE),
+                   ("bad_consumers", 3, "int32", _MANY)],
+    "NodeDef": [("name", 1, "string", _ONE), ("op", 2, "string", _ONE), ("input", 3, "string", _MANY),
+                ("device", 4, "string", _ONE), ("attr", 5, "NodeDef.AttrEntry", _MANY)],
+    "NodeDef.AttrEntry": [("key", 1, "string", _ONE), ("value", 2, "AttrValue", _ONE)],  # the map<string, AttrValue>
+    "AttrValue": [("list", 1, "AttrValue.ListValue", _ONEOF), ("s", 2, "bytes", _ONEOF),
+                  ("i", 3, "int64", _ONEOF), ("f", 4, "float", _ONEOF), ("b", 5, "bool", _ONEOF),
+                  ("type", 6, "int32", _ONEOF), ("shape", 7, "TensorShapeProto", _ONEOF),
+                  ("tensor", 8, "TensorProto", _ONEOF), ("placeholder", 9, "string", _ONEOF)],  # func = 10 skipped
+    "AttrValue.ListValue": [("s", 2, "bytes", _MANY), ("i", 3, "int64", _MANY), ("f", 4, "float", _MANY),
+                            ("b", 5, "bool", _MANY), ("type", 6, "int32", _MANY),
+                            ("shape", 7, "TensorShapeProto", _MANY), ("tensor", 8, "TensorProto", _MANY)],
+    "TensorShapeProto": [("dim", 2, "TensorShapeProto.Dim", _MANY), ("unknown_rank", 3, "bool", _ONE)],
+    "TensorShapeProto.Dim": [("size", 1, "int64", _ONE), ("name", 2, "string", _ONE)],
+    "TensorProto": [("dtype", 1, "int32", _ONE), ("tensor_shape", 2, "TensorShapeProto", _ONE),
+                    ("version_number", 3, "int32", _ONE), ("tensor_content", 4, "bytes", _ONE),
+                    ("float_val", 5, "float", _MANY), ("double_val", 6, "double", _MANY),
+                    ("int_val", 7, "int32", _MANY), ("string_val", 8, "bytes", _MANY),
+                    ("int64_val", 10, "int64", _MANY), ("bool_val", 11, "bool", _MANY)],
+}
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: memoryview):
-    """Yield (field number, wire type, value): an int for varints, a memoryview otherwise."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire in (1, 2, 5):
-            if wire == 2:
-                size, pos = _varint(buf, pos)
+def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
+    """_SCHEMA as a proto3 FileDescriptorProto of package ``tensorflow``."""
+    proto = descriptor_pb2.FileDescriptorProto(name="guide_ray/tensorflow_graph.proto",
+                                               package="tensorflow", syntax="proto3")
+    made: dict[str, descriptor_pb2.DescriptorProto] = {}
+    for full, fields in _SCHEMA.items():
+        parent, _, name = full.rpartition(".")
+        msg = made[full] = (made[parent].nested_type if parent else proto.message_type).add(name=name)
+        if full == "NodeDef.AttrEntry":
+            msg.options.map_entry = True
+        if any(label == _ONEOF for *_, label in fields):
+            msg.oneof_decl.add(name="value")
+        for field_name, number, kind, label in fields:
+            f = msg.field.add(name=field_name, number=number,
+                              label=_F.LABEL_REPEATED if label == _MANY else _F.LABEL_OPTIONAL)
+            if kind in _SCALARS:
+                f.type = _SCALARS[kind]
             else:
-                size = 8 if wire == 1 else 4
-            if pos + size > end:
-                raise ValueError(f"field {number} runs past the end of its message")
-            value, pos = buf[pos:pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported wire type {wire} (field {number})")
-        if number == 0:
-            raise ValueError("field number 0")
-        yield number, wire, value
+                f.type, f.type_name = _F.TYPE_MESSAGE, f".tensorflow.{kind}"
+            if label == _ONEOF:
+                f.oneof_index = 0
+    return proto
 
 
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
+@cache
+def _graphdef_class() -> type:
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(_file_descriptor().SerializeToString())
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.GraphDef"))
 
 
-def _ints(wire: int, value) -> list[int]:
-    """A repeated integer field's values from one occurrence, packed or not."""
-    if wire == 0:
-        return [_signed(value)]
-    out, pos = [], 0
-    while pos < len(value):
-        v, pos = _varint(value, pos)
-        out.append(_signed(v))
-    return out
-
-
-def _floats(value, fmt: str = "f") -> list[float]:
-    """A repeated float/double field's values from one occurrence (fixed32/64, packed or not)."""
-    return list(struct.unpack(f"<{len(value) // struct.calcsize(fmt)}{fmt}", value))
-
-
-def _text(value) -> str:
-    return bytes(value).decode("utf-8")
-
-
-# TensorFlow DataType enum values -> numpy dtypes (the ones a frozen float graph can hold).
+# TensorFlow DataType enum values -> numpy dtypes (the ones a frozen float graph can hold), and the
+# TensorProto field that holds a tensor's values when they are not in tensor_content.
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 6: np.int8, 9: np.int64, 10: np.bool_}
+_VALUES = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 6: "int_val", 9: "int64_val",
+           10: "bool_val"}
 
 
-def _shape(buf) -> list[int] | None:
-    """TensorShapeProto {repeated Dim dim = 2 {int64 size = 1}; bool unknown_rank = 3}."""
-    dims = []
-    for number, wire, value in _fields(buf):
-        if number == 2:
-            dims.append(next((_signed(v) for n, _, v in _fields(value) if n == 1), 0))
-        elif number == 3 and value:
-            return None
-    return dims
+def _shape(msg) -> list[int] | None:
+    """A TensorShapeProto's dims; None for an unknown rank."""
+    return None if msg.unknown_rank else [d.size for d in msg.dim]
 
 
-def _tensor(buf) -> np.ndarray:
-    """TensorProto: dtype = 1, tensor_shape = 2, tensor_content = 4 (raw little-endian), or the
-    typed repeated fields float_val = 5, double_val = 6, int_val = 7, int64_val = 10, bool_val = 11;
-    a single typed value is broadcast over the shape, as TensorFlow does."""
-    dtype, shape, content, values = 1, [], None, []
-    for number, wire, value in _fields(buf):
-        if number == 1:
-            dtype = value
-        elif number == 2:
-            shape = _shape(value) or []
-        elif number == 4:
-            content = value
-        elif number == 5:
-            values += _floats(value, "f")
-        elif number == 6:
-            values += _floats(value, "d")
-        elif number in (7, 10, 11):
-            values += _ints(wire, value)
-    if dtype not in _DTYPES:
-        raise ValueError(f"unsupported tensor dtype {dtype}")
-    np_dtype = _DTYPES[dtype]
+def _tensor(msg) -> np.ndarray:
+    """A TensorProto as an array: raw little-endian ``tensor_content``, or the typed repeated field
+    of its dtype, where a single value is broadcast over the shape, as TensorFlow does."""
+    if msg.dtype not in _DTYPES:
+        raise ValueError(f"unsupported tensor dtype {msg.dtype}")
+    dtype = _DTYPES[msg.dtype]
+    shape = _shape(msg.tensor_shape) or []
     count = math.prod(shape)
-    if content is not None:  # raw little-endian bytes; astype gives a native, writable copy
-        raw = np.frombuffer(content, dtype=np.dtype(np_dtype).newbyteorder("<"))
-        return raw.astype(np_dtype).reshape(shape)
-    arr = np.array(values, dtype=np_dtype)
+    if msg.tensor_content:  # astype gives a native, writable copy
+        raw = np.frombuffer(msg.tensor_content, dtype=np.dtype(dtype).newbyteorder("<"))
+        return raw.astype(dtype).reshape(shape)
+    arr = np.array(getattr(msg, _VALUES[msg.dtype]), dtype=dtype)
     if arr.size not in (0, 1, count):
         raise ValueError(f"tensor of shape {shape} has {arr.size} values")
-    return arr.reshape(shape) if arr.size == count else np.full(shape, arr[0] if arr.size else 0, np_dtype)
+    return arr.reshape(shape) if arr.size == count else np.full(shape, arr[0] if arr.size else 0, dtype)
 
 
-def _attr(buf):
-    """AttrValue -> a Python value: list = 1, s = 2 (bytes), i = 3, f = 4, b = 5, type = 6,
-    shape = 7 (list of dims), tensor = 8 (ndarray). A ListValue uses the same numbers."""
-    for number, wire, value in _fields(buf):
-        if number == 1:
-            items = []
-            for n, w, v in _fields(value):
-                if n == 2:
-                    items.append(bytes(v))
-                elif n in (3, 5, 6):
-                    items += _ints(w, v)
-                elif n == 4:
-                    items += _floats(v)
-                elif n == 7:
-                    items.append(_shape(v))
-                elif n == 8:
-                    items.append(_tensor(v))
-            return items
-        if number == 2:
-            return bytes(value)
-        if number in (3, 6):
-            return _signed(value)
-        if number == 4:
-            return _floats(value)[0]
-        if number == 5:
-            return bool(value)
-        if number == 7:
-            return _shape(value)
-        if number == 8:
-            return _tensor(value)
-    return None
+def _attr(msg):
+    """An AttrValue as a Python value: bytes (s), int (i, type), float (f), bool (b), a list of
+    dims (shape), an ndarray (tensor), a list of those (list); None when unset or another kind."""
+    kind = msg.WhichOneof("value")
+    if kind == "list":
+        lst = msg.list
+        return [*lst.s, *lst.i, *lst.f, *lst.b, *lst.type, *map(_shape, lst.shape), *map(_tensor, lst.tensor)]
+    if kind == "shape":
+        return _shape(msg.shape)
+    if kind == "tensor":
+        return _tensor(msg.tensor)
+    return getattr(msg, kind) if kind in ("s", "i", "f", "b", "type") else None
 
 
 @dataclass
@@ -194,37 +169,17 @@ class NodeDef:
     attr: dict = field(default_factory=dict)
 
 
-def _node(buf) -> NodeDef:
-    """NodeDef {name = 1, op = 2, repeated input = 3, device = 4, map<string, AttrValue> attr = 5}."""
-    node = NodeDef("", "")
-    for number, _, value in _fields(buf):
-        if number == 1:
-            node.name = _text(value)
-        elif number == 2:
-            node.op = _text(value)
-        elif number == 3:
-            node.inputs.append(_text(value))
-        elif number == 5:
-            entry = {n: v for n, _, v in _fields(value)}  # map entry {key = 1, value = 2}
-            node.attr[_text(entry.get(1, b""))] = _attr(entry.get(2, b""))
-    return node
-
-
 def parse_graphdef(path: str | Path) -> list[NodeDef]:
-    """The nodes of a binary GraphDef file (GraphDef {repeated NodeDef node = 1, library = 2,
-    versions = 4}); ValueError naming the file when it is not one."""
+    """The nodes of a binary GraphDef file; ValueError naming the file when it is not one."""
     path = Path(path)
-    data = memoryview(path.read_bytes())
+    graph = _graphdef_class()()
     try:
-        nodes = []
-        for number, wire, value in _fields(data):
-            if number == 1 and wire == 2:
-                nodes.append(_node(value))
-            elif number not in (2, 3, 4):
-                raise ValueError(f"field {number} (wire type {wire}) does not belong in a GraphDef")
+        graph.ParseFromString(path.read_bytes())
+        nodes = [NodeDef(n.name, n.op, list(n.input), {k: _attr(v) for k, v in n.attr.items()})
+                 for n in graph.node]
         if not nodes or any(not n.name or not n.op for n in nodes):
             raise ValueError("no nodes, or a node without a name or an op")
-    except (ValueError, UnicodeDecodeError, struct.error) as e:
+    except (ValueError, DecodeError) as e:
         raise ValueError(f"{path} is not a binary TensorFlow GraphDef: {e}") from None
     return nodes
 

@@ -1,54 +1,69 @@
 """ArcFace embeddings from insightface's ONNX recognition models (e.g. buffalo_l's w600k_r50.onnx).
 
-Conventions follow insightface's ``model_zoo.arcface_onnx.ArcFaceONNX``: the network takes
-[N, 3, S, S] float32 RGB (``get_feat`` swaps its BGR inputs with ``swapRB=True``) normalised as
+insightface does the work: ``insightface.utils.face_align.norm_crop`` aligns a face onto the
+standard ArcFace five-point template, and ``insightface.model_zoo.arcface_onnx.ArcFaceONNX`` runs
+a model file on an onnxruntime session this module creates (so the execution providers are ours,
+CUDA when available). ArcFaceONNX decides the pixel normalisation from the graph:
 (pixel - 127.5) / 127.5, except for models converted from MXNet, whose graph starts with its own
-Sub/Mul normalisation and takes raw pixels (mean 0, std 1). Chips are aligned with the standard
-ArcFace five-point template (``face_align.norm_crop``). Everything here is RGB, as in the rest of
-the package; embeddings are the raw network outputs (not L2-normalised), as ``get_feat`` returns.
+Sub/Mul normalisation and takes raw pixels (mean 0, std 1). Importing insightface downloads
+nothing; model packs are only ever read from disk here.
+
+Everything here is RGB, as in the rest of the package: ``embed`` feeds RGB chips through
+``ArcFaceONNX.forward`` (NCHW RGB), which is what ``get_feat`` computes from OpenCV's BGR images
+after its ``swapRB``. Embeddings are the raw network outputs (not L2-normalised), as insightface
+returns them.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.utils import face_align
+from skimage.transform import SimilarityTransform
+
+# insightface's norm_crop estimates its transform with skimage's SimilarityTransform.estimate,
+# deprecated in scikit-image 0.26 (FutureWarning on every call); nothing a caller can act on.
+warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning,
+                        module=r"insightface\.utils\.face_align")
 
 # ArcFace's destination for (left eye, right eye, nose tip, left mouth corner, right mouth corner)
-# in a 112x112 chip, (x, y) pixels: insightface.utils.face_align.arcface_dst.
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]])
+# in a 112x112 chip, (x, y) pixels: insightface's face_align.arcface_dst (a read-only copy).
+ARCFACE_TEMPLATE = face_align.arcface_dst.astype(np.float64)
+ARCFACE_TEMPLATE.flags.writeable = False
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2x3 similarity (rotation, uniform scale, translation) mapping ``src`` onto ``dst`` in
-    the least-squares sense: Umeyama, "Least-squares estimation of transformation parameters
-    between two point patterns", TPAMI 1991 (what skimage's SimilarityTransform.estimate does)."""
+    """The 2x3 similarity (rotation, uniform scale, translation, no reflection) mapping ``src``
+    onto ``dst`` in the least-squares sense (Umeyama, TPAMI 1991), estimated by scikit-image's
+    SimilarityTransform as insightface's ``estimate_norm`` does."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
         raise ValueError(f"expected two [K, 2] point sets (K >= 2), got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sv, vt = np.linalg.svd(cov)
-    sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])  # no reflections
-    rot = u @ sign @ vt
-    scale = np.trace(np.diag(sv) @ sign) / s.var(axis=0).sum()
-    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = SimilarityTransform.from_estimate(src, dst)
+        ok = bool(tform)
+    else:
+        tform = SimilarityTransform()
+        ok = tform.estimate(src, dst)
+    if not ok or not np.isfinite(tform.params).all():
+        raise ValueError("no similarity maps these points (they coincide)")
+    return tform.params[:2].copy()
 
 
 def norm_crop(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """The ArcFace chip: warp an HxWx3 uint8 image so its 5 landmarks land on the template
-    (scaled by size / 112), bilinear, black outside; same result as insightface's norm_crop."""
+    """The ArcFace chip of an HxWx3 uint8 image (channel order kept, RGB here): insightface's
+    ``norm_crop``, which warps the 5 landmarks onto the template scaled by size / 112, bilinear,
+    black outside."""
     if size % 112:
         raise ValueError(f"ArcFace chips are a multiple of 112 px, not {size}")
-    m = similarity_transform(np.asarray(landmarks).reshape(5, 2), ARCFACE_TEMPLATE * (size / 112))
-    return cv2.warpAffine(image, m, (size, size), borderValue=0.0)
+    return face_align.norm_crop(image, np.asarray(landmarks, np.float64).reshape(5, 2), image_size=size)
 
 
 def _default_providers() -> list[str]:
@@ -66,12 +81,13 @@ def _is_recognition_model(path: Path) -> bool:
 
 
 class ArcFaceEmbedder:
-    """An insightface ArcFace ONNX model run by onnxruntime (CUDA when available, else CPU).
+    """An insightface ArcFace ONNX model, run by insightface's ArcFaceONNX on onnxruntime (CUDA
+    when available, else CPU).
 
     ``embed`` takes aligned RGB uint8 chips; ``forward`` (also ``__call__``) takes NCHW tensors in
     [-1, 1] and returns a torch tensor. Neither is differentiable: the network runs in
     onnxruntime, outside autograd, so this backend serves metrics (identity similarity), never
-    training losses. Pickles by path (for Ray): the session is rebuilt on first use.
+    training losses. Pickles by path (for Ray): the runner is rebuilt on first use.
     """
 
     def __init__(self, model_file: str | os.PathLike, providers: list[str] | None = None):
@@ -79,16 +95,13 @@ class ArcFaceEmbedder:
         if not self.model_file.is_file():
             raise FileNotFoundError(f"ArcFace ONNX model not found: {self.model_file}")
         self.providers = providers or _default_providers()
-        graph = onnx.load(str(self.model_file), load_external_data=False).graph
-        # ArcFaceONNX's test: MXNet conversions normalise inside the graph (Sub and Mul in the first 8 nodes).
-        names = [node.name for node in graph.node[:8]]
-        in_graph = (any(n.startswith(("Sub", "_minus")) for n in names)
-                    and any(n.startswith(("Mul", "_mul")) for n in names))
-        self.input_mean, self.input_std = (0.0, 1.0) if in_graph else (127.5, 127.5)
-        self._session: ort.InferenceSession | None = None
-        self.input_size = self.session.get_inputs()[0].shape[2]
-        if not isinstance(self.input_size, int):
-            raise ValueError(f"{self.model_file}: input size is not fixed ({self.session.get_inputs()[0].shape})")
+        self._runner: ArcFaceONNX | None = None
+        runner = self.runner
+        self.input_mean, self.input_std = runner.input_mean, runner.input_std
+        width, height = runner.input_size
+        if not isinstance(width, int) or width != height:
+            raise ValueError(f"{self.model_file}: input is not a fixed square ({runner.input_shape})")
+        self.input_size = width
 
     @classmethod
     def from_pack(cls, pack: str = "buffalo_l", root: str | os.PathLike = "~/.insightface",
@@ -111,17 +124,23 @@ class ArcFaceEmbedder:
         return cls(found[0], providers)
 
     @property
+    def runner(self) -> ArcFaceONNX:
+        """insightface's ArcFaceONNX for the model file, on our onnxruntime session."""
+        if self._runner is None:
+            session = ort.InferenceSession(str(self.model_file), providers=self.providers)
+            self._runner = ArcFaceONNX(model_file=str(self.model_file), session=session)
+        return self._runner
+
+    @property
     def session(self) -> ort.InferenceSession:
-        if self._session is None:
-            self._session = ort.InferenceSession(str(self.model_file), providers=self.providers)
-        return self._session
+        return self.runner.session
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_session": None}
+        return {**self.__dict__, "_runner": None}
 
-    def _run(self, blob: np.ndarray) -> np.ndarray:
-        inp = self.session.get_inputs()[0].name
-        return self.session.run(None, {inp: np.ascontiguousarray(blob, dtype=np.float32)})[0]
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        """[N, 3, S, S] RGB pixel values in 0..255 -> [N, D] float32 embeddings."""
+        return self.runner.forward(np.ascontiguousarray(pixels, dtype=np.float32))
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """[N, S, S, 3] (or one [S, S, 3]) aligned RGB uint8 chips -> [N, D] float32 embeddings."""
@@ -131,8 +150,7 @@ class ArcFaceEmbedder:
         if chips.dtype != np.uint8 or chips.shape[1:] != (s, s, 3):
             raise ValueError(f"expected [N, {s}, {s}, 3] uint8 aligned chips (see norm_crop), "
                              f"got {chips.dtype} {chips.shape}")
-        blob = (chips.transpose(0, 3, 1, 2).astype(np.float32) - self.input_mean) / self.input_std
-        return self._run(blob)
+        return self._run(chips.transpose(0, 3, 1, 2))
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] aligned RGB chips in [-1, 1] -> [N, D] float32 on their device. Not differentiable."""
@@ -140,7 +158,7 @@ class ArcFaceEmbedder:
         if chips.ndim != 4 or tuple(chips.shape[1:]) != (3, s, s):
             raise ValueError(f"expected [N, 3, {s}, {s}] aligned chips, got {tuple(chips.shape)}")
         pixels = (chips.detach().float().cpu().numpy() + 1) * 127.5
-        return torch.from_numpy(self._run((pixels - self.input_mean) / self.input_std)).to(chips.device)
+        return torch.from_numpy(self._run(pixels)).to(chips.device)
 
     __call__ = forward
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import torch
@@ -152,8 +154,15 @@ class STLPIPS(nn.Module):
 _TORCHVISION_BACKBONES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
 
+def lpips_linear(net: str) -> Traversable:
+    """LPIPS v0.1's linear layers for ``net`` as the installed lpips package ships them
+    (``lpips/weights/v0.1/{net}.pth``)."""
+    return resources.files("lpips") / "weights" / "v0.1" / f"{net}.pth"
+
+
 class OfficialLPIPS(nn.Module):
-    """The lpips package's LPIPS v0.1 (its ImageNet trunk + our cached linear layers); never downloads.
+    """The lpips package's LPIPS v0.1: an ImageNet trunk from the torch hub cache and the linear
+    layers the installed lpips package ships (``lpips_linear``); never downloads.
 
     lpips.LPIPS would fetch the torchvision trunk from download.pytorch.org when it is not in the
     torch hub cache. Here the checkpoint must already be at ``torch.hub.get_dir()/checkpoints``:
@@ -171,12 +180,16 @@ class OfficialLPIPS(nn.Module):
                 f"official LPIPS ({net}) needs torchvision's ImageNet checkpoint {ckpt.name}, which is "
                 f"missing: expected at {ckpt} (torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it). "
                 f"No download is attempted; place the file there, or use 'stlpips-{net}'.")
-        linear = weights.path("lpips-linear", f"{net}.pth")
         import lpips
 
-        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
-            warnings.simplefilter("ignore", UserWarning)
-            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, model_path=str(linear), verbose=False)
+        linear = lpips_linear(net)
+        if not linear.is_file():
+            raise weights.WeightsError(f"the installed lpips package ({lpips.__file__}) lacks its linear "
+                                       f"layers weights/v0.1/{net}.pth; reinstall lpips")
+        with warnings.catch_warnings(), resources.as_file(linear) as model_path:
+            warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated `pretrained=False`
+            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, model_path=str(model_path),
+                                     verbose=False)
         trunk = torch.load(ckpt, map_location="cpu", weights_only=True)
         # lpips keeps torchvision's layer indices inside its slices: net.slice{k}.{i}.* <- features.{i}.*
         mapped = {}
