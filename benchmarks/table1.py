@@ -21,6 +21,7 @@ import torch
 
 from guide_ray import weights
 from guide_ray.config import load_config
+from guide_ray.results import RunResult
 from guide_ray.run.identity import IdentitySpec, SourceLatents, invert_identity, run_identity
 from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
@@ -71,13 +72,13 @@ def main(argv=None) -> int:
     g_s = load_generator(args.generator, args.device)
     nets = Networks(base_cfg, g_s.device)
     sources = {s.id: cached_sources(g_s, s, base_cfg, nets, out / "identities" / s.id) for s in specs}
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list[RunResult]] = {}
     for preset, _ in rows:
         cfg = load_config(preset=preset, overrides=[f"iterations={args.iterations}", *args.set])
         for spec in specs:
             run_dir = out / "runs" / preset / spec.id
             if (run_dir / "result.json").exists():
-                result = json.loads((run_dir / "result.json").read_text())
+                result = RunResult.from_dict(json.loads((run_dir / "result.json").read_text()))
             else:
                 print(f"[{preset}] {spec.id}", file=sys.stderr)
                 g_u = load_generator(args.generator, args.device)
@@ -94,23 +95,23 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for preset, label in rows:
         rs = results[preset]
-        m = [r["metrics"] for r in rs]
-        ids = [x["id"] for x in m]
-        others = [x["id_others"] for x in m if "id_others" in x]
-        reinv = [x["reinversion_id"] for x in m if "reinversion_id" in x]
-        inversion = [x["inversion_id"] for r, x in zip(rs, m) if r["source"]["image"]]  # seeds: 1 by construction
+        m = [r.metrics for r in rs]
+        ids = [x.id for x in m]
+        others = [x.id_others for x in m if x.id_others is not None]
+        reinv = [x.reinversion_id for x in m if x.reinversion_id is not None]
+        inversion = [x.inversion_id for r, x in zip(rs, m) if r.source["image"]]  # seeds: 1 by construction
         n = len(rs)
         below = sum(v < level for v in ids)
-        represented = sum(r["verdict_detail"]["represented"] for r in rs)
-        erased = sum(r["verdict"] == "erased" for r in rs)
+        represented = sum(r.verdict_detail["represented"] for r in rs)
+        erased = sum(r.verdict == "erased" for r in rs)
         lines.append(f"| {label} | {fmt(ids)} | {fmt(others)} | {fmt(reinv)} | {fmt(inversion)} | "
-                     f"{fmt([x['face_kept'] for x in m])} | {fmt([x['fid_pre'] for x in m])} | {below}/{n} | "
+                     f"{fmt([x.face_kept for x in m])} | {fmt([x.fid_pre for x in m])} | {below}/{n} | "
                      f"{represented}/{n} | {erased}/{n} |")
     last_preset, last_label = rows[-1]
     lines += ["", f"Per identity ({last_label}): " + ", ".join(
-        f"{r['id']} {r['verdict']} (ID {r['metrics']['id']:.3f}, face kept {r['metrics']['face_kept']:.0%}, "
-        f"target d {r['latents']['d_used']:.3g})" for r in results[last_preset]),
-              "", f"FID_pre on {results[last_preset][0]['metrics']['fid_samples']} samples (same latents before/after).",
+        f"{r.identity} {r.verdict} (ID {r.metrics.id:.3f}, face kept {r.metrics.face_kept:.0%}, "
+        f"target d {r.latents['d_used']:.3g})" for r in results[last_preset]),
+              "", f"FID_pre on {results[last_preset][0].metrics.fid_samples} samples (same latents before/after).",
               "", "Produced by:", "", "    python benchmarks/table1.py " + " ".join(argv if argv is not None else sys.argv[1:])]
     (out / "table1.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

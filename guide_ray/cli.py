@@ -1,12 +1,23 @@
-"""``python -m guide_ray``: weights, sample, idsim, fid, unlearn, evaluate, bench."""
+"""guide-ray (or python -m guide_ray): one command for the whole tool.
+
+    guide-ray unlearn | fleet | sweep | evaluate | export | sample | config | weights | idsim | fid | bench
+
+fleet and sweep are python -m guide_ray.fleet and python -m guide_ray.sweep; their options follow
+them (guide-ray fleet --help).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import weights
+
+# What `unlearn` prints of an identity's metrics (all of them are in result.json).
+SHOWN_METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre", "delta_fid_real")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -123,19 +134,17 @@ def cmd_unlearn(args) -> int:
     generator = load_generator(args.generator, args.device, checkpoint=args.checkpoint)
     result = run_identity(generator, spec, cfg, Networks(cfg, generator.device), args.out, loop=args.loop,
                           overwrite=args.overwrite)
-    m = result["metrics"]
-    print(f"{spec.id}: {result['status']} after {result['steps']} steps "
-          f"({result['timings']['s_per_iteration'] or 0:.2f} s/iteration)")
-    if result["message"]:
-        print(result["message"], file=sys.stderr)
-    shown = {k: m[k] for k in ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre",
-                               "delta_fid_real") if m.get(k) is not None}
+    print(f"{spec.id}: {result.status} after {result.steps} steps "
+          f"({result.timings['s_per_iteration'] or 0:.2f} s/iteration)")
+    if result.message:
+        print(result.message, file=sys.stderr)
+    shown = {k: v for k, v in result.metrics.scalars().items() if k in SHOWN_METRICS}
     print("  " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
-    print(f"verdict: {result['verdict']} ({result['verdict_detail']['reason']})")
+    print(f"verdict: {result.verdict} ({result.verdict_detail['reason']})")
     print(f"wrote result.json, checkpoint.safetensors and grid.png to {Path(args.out).resolve()}")
-    if result["status"] != "finished":
+    if not result.finished:
         return 3
-    return 0 if result["verdict"] == "erased" else 4
+    return 0 if result.verdict == "erased" else 4
 
 
 def cmd_evaluate(args) -> int:
@@ -174,8 +183,9 @@ def cmd_evaluate(args) -> int:
         metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets,
                                photo, g_u_fit=inversion_view(g_u, cfg), progress=bar_callback(bar))
     verdict = judge(metrics, photo, nets.thresholds)
-    write_json(run / "evaluation.json", {**metrics, "verdict": verdict.verdict, "verdict_detail": verdict.to_dict()})
-    print(json.dumps(metrics, indent=2))
+    write_json(run / "evaluation.json", {**metrics.to_dict(), "verdict": verdict.verdict,
+                                         "verdict_detail": verdict.to_dict()})
+    print(json.dumps(metrics.scalars(), indent=2))
     print(f"verdict: {verdict.verdict} ({verdict.reason})")
     return 0
 
@@ -223,16 +233,59 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    """Print the resolved configuration (defaults, preset, file, --set) as the YAML a run records."""
+    import yaml
+
+    from .config import config_hash, to_dict
+
+    cfg = _config(args)
+    print(f"# resolved config, hash {config_hash(cfg)}")
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _delegate(module: str):
+    """A subcommand that is another entry point (its own options and exit codes)."""
+    def run(args) -> int:
+        from importlib import import_module
+
+        return import_module(module).main(args.rest)
+    return run
+
+
+def _version() -> str:
+    try:
+        return version("guide_ray")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _add_config_options(p) -> None:
-    p.add_argument("--config", help="YAML config (keys as in guide_ray/core/config.py)")
+    p.add_argument("--config", help="YAML config (keys as in guide_ray/config.py)")
     p.add_argument("--preset", choices=("baseline", "extrapolated", "adjacency", "guide"),
                    help="a row of the paper's Table 1 (default: guide)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m guide_ray", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="guide-ray", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"guide_ray {_version()}")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="what guide_ray's modules log to stderr (default: WARNING)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, module, text in (("fleet", "guide_ray.fleet", "erase many identities on Ray (python -m guide_ray.fleet)"),
+                               ("sweep", "guide_ray.sweep", "search GUIDE's settings with Ray Tune + Optuna "
+                                                            "(python -m guide_ray.sweep)")):
+        pd = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
+        pd.add_argument("rest", nargs=argparse.REMAINDER, help=f"{name}'s own options (guide-ray {name} --help)")
+        pd.set_defaults(func=_delegate(module))
+
+    pc = sub.add_parser("config", help="print the resolved configuration (defaults, preset, --config, --set)")
+    _add_config_options(pc)
+    pc.set_defaults(func=cmd_config)
 
     pw = sub.add_parser("weights", help="list or pull the open pretrained weights")
     wsub = pw.add_subparsers(dest="action", required=True)
@@ -312,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except (weights.WeightsError, ValueError, OSError) as e:  # bad input: a message, not a traceback

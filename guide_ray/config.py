@@ -258,8 +258,8 @@ def validate(cfg: GuideConfig) -> None:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("iterations", "n_adj", "n_global", "perceptual_size", "checkpoint_every"):
-        if getattr(cfg, name) < (0 if name == "iterations" else 1):
-            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}")
     ev = cfg.evaluation

@@ -24,8 +24,10 @@ from .core.verdict import VERDICTS
 TILE = 256  # px per picture in the identity grid
 LABEL_H = 24  # the label strip above each picture
 TITLE_H = 32  # the title strip at the top of the grid
-SUMMARY_COLUMNS = ("identity", "status", "verdict", "ID", "ID_others", "re-inversion ID", "face kept", "FID_pre",
-                   "ID now", "time_s", "error")
+# The summary's columns: the identity, its outcome, its one-number metrics by their names
+# (results.Metrics), ID on the final generator (sequential fleets), time and error.
+SUMMARY_COLUMNS = ("identity", "status", "verdict", "id", "id_others", "reinversion_id", "face_kept", "fid_pre",
+                   "id_now", "time_s", "error")
 
 
 def _font(size: int):
@@ -79,10 +81,8 @@ def summary_rows(ids: list[str], ledger: dict[str, dict]) -> list[dict]:
         r = ledger.get(ident, {})
         timings = json.loads(r.get("timings_json") or "{}")
         rows.append({"identity": ident, "status": r.get("status", "not run"), "verdict": r.get("verdict") or "",
-                     "ID": _num(r.get("metric_id")), "ID_others": _num(r.get("metric_id_others")),
-                     "re-inversion ID": _num(r.get("metric_reinversion_id")),
-                     "face kept": _num(r.get("metric_face_kept")),
-                     "FID_pre": _num(r.get("metric_fid_pre")), "ID now": _num(r.get("id_now")),
+                     **{k: _num(r.get(k)) for k in ("id", "id_others", "reinversion_id", "face_kept", "fid_pre",
+                                                    "id_now")},
                      "time_s": _num(timings.get("total_s")), "error": r.get("error") or ""})
     return rows
 
@@ -139,8 +139,8 @@ def metrics_plot(rows: list[dict], path: Path, title: str) -> Path:
     plt = pyplot()
     names = [r["identity"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.8 + 0.35 * max(3, len(rows))), dpi=110, sharey=True)
-    for ax, key, color, note in ((axes[0], "ID", "tab:red", "lower = more forgotten"),
-                                 (axes[1], "FID_pre", "tab:blue", "lower = less changed")):
+    for ax, key, color, note in ((axes[0], "id", "tab:red", "lower = more forgotten"),
+                                 (axes[1], "fid_pre", "tab:blue", "lower = less changed")):
         values = [r[key] for r in rows]
         ax.barh(range(len(rows)), [v or 0.0 for v in values], color=color)
         for y, (v, r) in enumerate(zip(values, rows)):

@@ -25,11 +25,11 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from .results import RunResult
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "guide_ray-fleet"
-METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "id_target", "face_source", "face_target",
-           "face_after", "face_reinversion", "face_kept", "fid_pre", "delta_fid_real")
 MAX_CHECKPOINT_ARTIFACT_MB = 200  # larger checkpoints are logged as a pointer (tag checkpoint_uri)
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -91,31 +91,63 @@ class Tracker:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=items[i:i + _BATCH])
 
-    def identity_run(self, parent_id: str, fleet_key: str, result: dict, run_dir: Path,
+    def live_identity_run(self, parent_id: str, fleet_key: str, identity: str, config: dict,
+                          tags: dict[str, str]) -> str | None:
+        """The identity's run, opened by its worker as it starts (RUNNING, tag status 'running') so that
+        its losses show while it trains; a retried attempt reuses the run the first one opened. None
+        when the identity's run is already finished."""
+        for run in self._find({"fleet_key": fleet_key, "identity": identity, "kind": "identity"}):
+            if run.info.status == "FINISHED":
+                return None
+            if run.info.status == "RUNNING":
+                return run.info.run_id
+            self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
+        run = self.client.create_run(self.experiment_id, run_name=identity,
+                                     tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key,
+                                           "identity": identity, "kind": "identity", "status": "running", **tags})
+        self._params(run.info.run_id, config)
+        return run.info.run_id
+
+    def log_steps(self, run_id: str, steps: list[tuple[int, float, dict[str, float]]]) -> None:
+        """LTU steps (step, wall-clock time in s, losses) as the run's loss_* curves."""
+        metrics = [Metric(f"loss_{k}", float(v), int(t * 1000), step) for step, t, losses in steps
+                   for k, v in losses.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def identity_run(self, parent_id: str, fleet_key: str, result: RunResult, run_dir: Path,
                      tags: dict[str, str]) -> str:
-        """One nested run per identity with its config, metrics, loss curves and files (idempotent)."""
-        identity = result["id"]
+        """One nested run per identity with its config, metrics, loss curves and files (idempotent).
+        The run its worker opened (``live_identity_run``, which logged the losses) is completed."""
+        identity = result.identity
+        live = None
         for run in self._find({"fleet_key": fleet_key, "identity": identity, "kind": "identity"}):
             if run.info.status == "FINISHED":
                 return run.info.run_id
-            self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
-        failed = result.get("status") != "finished"
-        run = self.client.create_run(
-            self.experiment_id, run_name=identity,
-            tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key, "identity": identity,
-                  "kind": "identity", "status": result.get("status", "failed"), **tags,
-                  **({"verdict": result["verdict"], "represented": str(result["verdict_detail"]["represented"]).lower(),
-                      "verdict_reason": result["verdict_detail"]["reason"][:5000]} if result.get("verdict") else {}),
-                  **({"error": str(result.get("error") or result.get("message") or "")[:5000]} if failed else {})})
-        run_id = run.info.run_id
-        if "config" in result:
-            self._params(run_id, result["config"])
+            if run.info.status == "RUNNING" and live is None:
+                live = run.info.run_id
+            else:
+                self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
+        failed = not result.finished
+        outcome = {"status": result.status, **tags,
+                   **({"verdict": result.verdict, "represented": str(result.verdict_detail["represented"]).lower(),
+                       "verdict_reason": result.verdict_detail["reason"][:5000]} if result.verdict else {}),
+                   **({"error": str(result.error or result.message or "")[:5000]} if failed else {})}
+        if live is None:
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=identity,
+                tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key, "identity": identity,
+                      "kind": "identity", **outcome}).info.run_id
+            if result.config:
+                self._params(run_id, result.config)
+        else:
+            run_id = live
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in outcome.items()])
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in result.get("metrics", {}).items()
-                   if k in METRICS and v is not None]
-        metrics += [Metric(f"time_{k}", float(v), now, 0) for k, v in result.get("timings", {}).items() if v is not None]
+        metrics = [Metric(k, v, now, 0) for k, v in (result.metrics.scalars() if result.metrics else {}).items()]
+        metrics += [Metric(f"time_{k}", float(v), now, 0) for k, v in result.timings.items() if v is not None]
         losses = run_dir / "losses.json"
-        if losses.exists():
+        if live is None and losses.exists():  # no worker logged them as they came
             for row in json.loads(losses.read_text()):
                 metrics += [Metric(f"loss_{k}", float(v), now, int(row["step"])) for k, v in row.items() if k != "step"]
         for i in range(0, len(metrics), 1000):
@@ -136,25 +168,58 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
-    def trial_run(self, parent_id: str, sweep_key: str, trial_id: str, params: dict, result: dict,
-                  status: str) -> str:
-        """One nested run per sweep trial: its sampled params and its last report (idempotent)."""
-        for run in self._find({"sweep_key": sweep_key, "trial_id": trial_id, "kind": "trial"}):
-            if run.info.status != "RUNNING":
-                return run.info.run_id
-            self.client.delete_run(run.info.run_id)
+    def _trial(self, sweep_key: str, trial_id: str):
+        runs = self._find({"sweep_key": sweep_key, "trial_id": trial_id, "kind": "trial"})
+        return runs[0] if runs else None
+
+    def _trial_metrics(self, run_id: str, result: dict, timestamp_ms: int) -> None:
+        """A trial report's numbers at step = its training_iteration."""
+        step = int(result.get("training_iteration") or 0)
+        metrics = [Metric(k, float(v), timestamp_ms, step) for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def _new_trial(self, parent_id: str, sweep_key: str, trial_id: str, params: dict, status: str) -> str:
         run = self.client.create_run(self.experiment_id, run_name=trial_id,
                                      tags={"mlflow.parentRunId": parent_id, "sweep_key": sweep_key,
                                            "trial_id": trial_id, "kind": "trial", "status": status})
         self._params(run.info.run_id, params)
-        now = int(time.time() * 1000)
-        step = int(result.get("training_iteration") or 0)
-        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
-        self.client.set_terminated(run.info.run_id, status="FAILED" if status == "error" else "FINISHED")
         return run.info.run_id
+
+    def trial_report(self, parent_id: str, sweep_key: str, trial_id: str, params: dict, result: dict) -> str:
+        """One report of a sweep trial, logged now (step = its training_iteration) to the trial's
+        nested run: created by its first report with the sampled params, found again by a resumed
+        trial (one resumed after an error is running again)."""
+        run = self._trial(sweep_key, trial_id)
+        if run is None:
+            run_id = self._new_trial(parent_id, sweep_key, trial_id, params, "running")
+        else:
+            run_id = run.info.run_id
+            if run.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+                self.client.set_tag(run_id, "status", "running")
+        self._trial_metrics(run_id, result, int(time.time() * 1000))
+        return run_id
+
+    def trial_run(self, parent_id: str, sweep_key: str, trial_id: str, params: dict, result: dict,
+                  status: str) -> str:
+        """End a sweep trial's nested run with its ``status`` (FAILED for "error"): its last report
+        logged unless ``trial_report`` already did, the run created when the trial never reported.
+        Idempotent: a trial's run that has ended is left as it is, never logged twice."""
+        run = self._trial(sweep_key, trial_id)
+        if run is not None and run.info.status != "RUNNING":
+            return run.info.run_id
+        if run is None:
+            run_id, last = self._new_trial(parent_id, sweep_key, trial_id, params, status), None
+        else:
+            run_id, last = run.info.run_id, run.data.metrics.get("training_iteration")
+        iteration = result.get("training_iteration")
+        if result and (last is None or iteration is None or int(last) != int(iteration)):
+            self._trial_metrics(run_id, result, int(1000 * (result.get("timestamp") or time.time())))
+        self.client.set_tag(run_id, "status", status)
+        self.client.set_terminated(run_id, status="FAILED" if status == "error" else "FINISHED")
+        return run_id
 
     def step_history(self, parent_id: str) -> dict[str, dict[int, float]]:
         """What ``fleet_step`` logged (with the parent's other metrics): {metric: {step: value}}; a

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +58,8 @@ def mlflow_identity_runs(out: Path, fleet_key: str) -> list:
 def check_records(out: Path, ids: list[str], mode: str) -> dict[str, dict]:
     """Exactly one finished ledger row and one finished MLflow run, with metrics and files, per identity."""
     rows = [r for r in ledger_rows(out) if r["mode"] == mode]
-    assert sorted(r["id"] for r in rows) == sorted(ids)  # no duplicates, nothing lost
-    assert all(r["status"] == "finished" and math.isfinite(r["metric_id"]) for r in rows), rows
+    assert sorted(r["identity"] for r in rows) == sorted(ids)  # no duplicates, nothing lost
+    assert all(r["status"] == "finished" and math.isfinite(r["id"]) for r in rows), rows
     fleet_key = rows[0]["fleet_key"]
     runs = mlflow_identity_runs(out, fleet_key)
     assert sorted(r.data.tags["identity"] for r in runs) == sorted(ids)
@@ -73,7 +72,7 @@ def check_records(out: Path, ids: list[str], mode: str) -> dict[str, dict]:
         assert {"grid.png", "result.json", "checkpoint.safetensors"} <= files
         losses = client.get_metric_history(run.info.run_id, "loss_total")
         assert len(losses) >= 1
-    return {r["id"]: r for r in rows}
+    return {r["identity"]: r for r in rows}
 
 
 def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp_path):
@@ -107,8 +106,18 @@ def test_chaos_worker_killed_and_driver_killed(cluster, tiny_generator, tmp_path
     def running():
         return [p for p in out.glob("runs/*/*/worker.pid") if not (p.parent / "result.json").exists()]
 
-    victim = wait_for(running, 300, "an identity to start")[0]
-    time.sleep(1.0)
+    def training_live():
+        # an identity still training (no result.json) whose losses already show in MLflow, logged by its worker
+        for pid_file in running():
+            live = [r for r in mlflow_identity_runs(out, pid_file.parent.parent.name)
+                    if r.data.tags["identity"] == pid_file.parent.name and r.info.status == "RUNNING"
+                    and "loss_total" in r.data.metrics]
+            if live and not (pid_file.parent / "result.json").exists():
+                return pid_file, live[0]
+        return None
+
+    victim, live = wait_for(training_live, 300, "an identity's losses in MLflow while it trains")
+    assert live.data.tags["status"] == "running" and live.data.params["iterations"] == "30"
     killed = int(victim.read_text())
     os.kill(killed, signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{killed}").exists() or "Z" in _proc_state(killed), 30, "the worker to die")
@@ -131,7 +140,7 @@ def test_chaos_worker_killed_and_driver_killed(cluster, tiny_generator, tmp_path
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    first = {r["id"]: r for r in ledger_rows(out2)}
+    first = {r["identity"]: r for r in ledger_rows(out2)}
     stamps = {i: (out2 / "runs" / r["fleet_key"] / i / "result.json").stat().st_mtime_ns for i, r in first.items()}
     resumed = subprocess.run([sys.executable, "-m", "guide_ray.fleet", str(ids), "--out", str(out2), "--resume",
                               "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
@@ -166,7 +175,7 @@ def test_a_failing_identity_is_recorded_and_the_others_go_on(tiny_generator, tmp
     code = fleet.main([str(ids), "--generator", str(tiny_generator), "--out", str(out), "--no-progress",
                        "--ray-address", "local", *[a for s in QUICK for a in ("--set", s)]])
     assert code == 1  # not all succeeded
-    rows = {r["id"]: r for r in ledger_rows(out)}
+    rows = {r["identity"]: r for r in ledger_rows(out)}
     assert rows["s5"]["status"] == "finished"
     assert rows["wall"]["status"] == "failed" and "no face" in rows["wall"]["error"] and "wall.png" in rows["wall"]["error"]
     (run,) = [r for r in mlflow_identity_runs(out, rows["wall"]["fleet_key"]) if r.data.tags["identity"] == "wall"]
@@ -211,7 +220,7 @@ def test_sequential_erasures_stay_erased_on_the_real_dcgan(tmp_path):
     code = fleet.main([str(ids), "--mode", "sequential", "--generator", "dcgan-digiface64", "--out", str(out),
                        "--no-progress", "--ray-address", "local", *[a for s in sets for a in ("--set", s)]])
     assert code == 0
-    rows = {r["id"]: r for r in ledger_rows(out)}
+    rows = {r["identity"]: r for r in ledger_rows(out)}
     level = different_person_level(load_identity_net("facenet-vggface2", "cpu"))
     for ident in ("s9", "s39"):
         assert rows[ident]["verdict"] == "erased", rows[ident]

@@ -31,7 +31,7 @@ def test_a_run_writes_its_files_and_its_checkpoint_reloads(nets, tmp_path, capsy
     cfg = load_config(overrides=QUICK)
     g = dcgan()
     result = run_identity(g, IdentitySpec("s7", seed=7), cfg, nets, tmp_path / "run", show_progress=False)
-    assert result["status"] == "finished" and result["steps"] == 4
+    assert result.status == "finished" and result.steps == 4
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["config"]["iterations"] == 4 and len(saved["config_hash"]) == 12
     for key in ("id", "id_target", "reinversion_id", "inversion_id", "fid_pre"):
@@ -77,7 +77,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(nets, tmp_path, monkeypatch
     monkeypatch.setattr(ltu.Problem, "step_optimised", real_step)
     resumed = dcgan()
     result = run_identity(resumed, IdentitySpec("s3", seed=3), cfg, nets, tmp_path / "cut", show_progress=False)
-    assert result["steps"] == 4
+    assert result.steps == 4
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(a, b, msg=name)
     other = load_config(overrides=QUICK + ["lr=0.5"])
@@ -99,7 +99,7 @@ def test_a_diverging_run_keeps_the_last_good_weights(nets, tmp_path, monkeypatch
 
     monkeypatch.setattr(nets.perceptual, "distance", poisoned)
     result = run_identity(dcgan(), IdentitySpec("s5", seed=5), cfg, nets, tmp_path / "run", show_progress=False)
-    assert result["status"] == "diverged" and "step 3" in result["message"] and "step 2" in result["message"]
+    assert result.status == "diverged" and "step 3" in result.message and "step 2" in result.message
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "diverged"
 
 
@@ -153,7 +153,7 @@ def test_an_encoder_only_inversion_runs_end_to_end(nets, tmp_path, monkeypatch):
     photo = weights.directory("openpeople") / "P001" / "assets" / "studio_portrait.jpg"
     g = dcgan()
     result = run_identity(g, IdentitySpec("P001", image=photo), cfg, nets, tmp_path / "run", show_progress=False)
-    assert result["status"] == "finished"
+    assert result.status == "finished"
     w_u = torch.load(tmp_path / "run" / "latents.pt", weights_only=True)["w_u"]
     torch.testing.assert_close(w_u, (dcgan().w_avg + 0.3).expand_as(w_u))
-    assert math.isfinite(result["metrics"]["reinversion_id"])
+    assert math.isfinite(result.metrics.reinversion_id)

@@ -128,11 +128,11 @@ def test_a_run_at_128_erases_into_the_1024_generator(mobilestylegan, tmp_path):
                           show_progress=False)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["train_resolution"] == 128 and saved["resolution"] == 1024 and saved["config"]["train_resolution"] == 128
-    assert result["status"] == "finished"
+    assert result.status == "finished"
     # only the layers below the 128² cut were trained; the checkpoint rebuilds the 1024² G_u
     below = {id(p) for p in g.synthesis_net.parameters_until(cut_layer(g.synthesis_net, 128))}
     names = {n for n, p in g.named_parameters() if id(p) in below}
-    assert set(saved["config"]) and result["trainable_parameters"] == sum(p.numel() for p in g.parameters() if id(p) in below)
+    assert set(saved["config"]) and result.trainable_parameters == sum(p.numel() for p in g.parameters() if id(p) in below)
     reloaded = load_generator("mobilestylegan-ffhq1024", "cpu", checkpoint=tmp_path / "run" / "checkpoint.safetensors")
     for (name, p), (_, q), (_, s) in zip(g.named_parameters(), reloaded.named_parameters(),
                                          mobilestylegan.named_parameters()):

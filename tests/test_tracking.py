@@ -84,9 +84,9 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
         for row in table:
             assert row["status"] == "finished"
             assert row["verdict"] == runs[row["identity"]].data.tags["verdict"]
-            assert float(row["ID"]) == pytest.approx(runs[row["identity"]].data.metrics["id"], abs=1e-3)
+            assert float(row["id"]) == pytest.approx(runs[row["identity"]].data.metrics["id"], abs=1e-3)
             assert float(row["time_s"]) > 0
-            assert (row["ID now"] != "") == (mode == "sequential")
+            assert (row["id_now"] != "") == (mode == "sequential")
         assert _png(client, parent.info.run_id, "metrics.png", tmp_path / mode).size[0] > 500
         html = Path(client.download_artifacts(parent.info.run_id, "summary.html", str(tmp_path / mode))).read_text()
         assert html.count('<tr class="finished not_represented">') == 1
@@ -100,8 +100,8 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
             assert [v.tags["identities"] for v in mine] == ["P001;s1"]
             assert mine[0].tags["verdicts"] == "P001=not_represented;s1=face_destroyed"
             assert mine[0].run_id == runs["s1"].info.run_id  # the last step's run holds the final generator
-            assert float(mine[0].tags["metric_fid_pre_vs_original"]) >= 0
-            assert {"metric_id_now_P001", "metric_id_now_s1"} <= set(mine[0].tags)
+            assert float(mine[0].tags["fid_pre_vs_original"]) >= 0
+            assert {"id_now_P001", "id_now_s1"} <= set(mine[0].tags)
         for v in mine:
             assert v.tags["all_erased"] == "false"  # registered, but marked: not to be deployed
             run = client.get_run(v.run_id)
@@ -109,7 +109,7 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
             assert v.tags["config_hash"] == key.rsplit("-", 1)[1] and v.tags["mode"] == mode
             assert v.tags["base_generator"] == str(mlflow_fleet["generator"])
             if mode == "parallel":
-                assert float(v.tags["metric_id"]) == pytest.approx(run.data.metrics["id"], rel=1e-6)
+                assert float(v.tags["id"]) == pytest.approx(run.data.metrics["id"], rel=1e-6)
             assert run.data.tags["registered_model"] == f"{name} v{v.version}"
             assert {"checkpoint.safetensors", "result.json"} <= {a.path for a in client.list_artifacts(v.run_id)}
     assert len(versions) == 3
@@ -205,19 +205,19 @@ def test_identity_grid_layout_and_labels():
 
 
 def test_fleet_summary_and_plots(tmp_path):
-    ledger = {"a": {"status": "finished", "verdict": "erased", "metric_id": 0.1234567, "metric_id_others": None,
-                    "metric_fid_pre": 3.5, "metric_face_kept": 1.0, "metric_reinversion_id": 0.2, "id_now": 0.05,
+    ledger = {"a": {"status": "finished", "verdict": "erased", "id": 0.1234567, "id_others": None,
+                    "fid_pre": 3.5, "face_kept": 1.0, "reinversion_id": 0.2, "id_now": 0.05,
                     "timings_json": '{"total_s": 12.5}'},
-              "b": {"status": "failed", "metric_id": None, "metric_fid_pre": None, "timings_json": "{}",
+              "b": {"status": "failed", "id": None, "fid_pre": None, "timings_json": "{}",
                     "error": "no face in <b.png>"}}
     rows = review.summary_rows(["a", "b", "c"], ledger)
     assert [r["status"] for r in rows] == ["finished", "failed", "not run"]
-    assert rows[0]["ID"] == 0.1234567 and rows[0]["time_s"] == 12.5 and rows[0]["ID_others"] is None
+    assert rows[0]["id"] == 0.1234567 and rows[0]["time_s"] == 12.5 and rows[0]["id_others"] is None
     csv_path, html_path = review.write_summary(rows, tmp_path, "fleet X")
     table = list(csv.DictReader(csv_path.open()))
     assert list(table[0]) == list(review.SUMMARY_COLUMNS)
-    assert table[0]["ID"] == "0.1235" and table[0]["ID now"] == "0.05" and table[1]["ID"] == ""
-    assert table[0]["verdict"] == "erased" and table[0]["face kept"] == "1" and table[1]["verdict"] == ""
+    assert table[0]["id"] == "0.1235" and table[0]["id_now"] == "0.05" and table[1]["id"] == ""
+    assert table[0]["verdict"] == "erased" and table[0]["face_kept"] == "1" and table[1]["verdict"] == ""
     html = html_path.read_text()
     assert "1 of 3 identities finished: 1 erased" in html and "no face in &lt;b.png&gt;" in html
     assert html.count("<tr class=") == 3 and '<tr class="failed">' in html and '<tr class="finished erased">' in html

@@ -18,10 +18,17 @@ from guide_ray.core.ufo import distance_scale, ufo_target
 from guide_ray.core.verdict import Thresholds, judge
 from guide_ray.models import load_generator
 from guide_ray.models.face_check import FaceCheck
+from guide_ray.results import Metrics
 from tests.conftest import require_weights
 
 T = Thresholds(id_level=0.23, face=0.8, face_kept_min=1.0, face_detector="dlib-mmod")
 GOOD = {"id": 0.05, "inversion_id": 0.6, "face_after": 1.02, "face_kept": 1.0}
+
+
+def metrics(**values) -> Metrics:
+    """Metrics with ``values``; the ones the verdict does not read are filled in."""
+    return Metrics(**{"id_target": 0.0, "face_source": 1.0, "face_target": 1.0, "fid_pre": 0.0, "fid_samples": 0,
+                      **values})
 
 
 @pytest.mark.parametrize("change,photo,verdict", [
@@ -35,14 +42,14 @@ GOOD = {"id": 0.05, "inversion_id": 0.6, "face_after": 1.02, "face_kept": 1.0}
     ({"id": -0.2, "face_after": -1.0, "face_kept": 0.0}, False, "face_destroyed"),
 ])
 def test_judge(change, photo, verdict):
-    v = judge({**GOOD, **change}, photo, T)
+    v = judge(metrics(**{**GOOD, **change}), photo, T)
     assert v.verdict == verdict
     assert v.thresholds == T and v.represented == (verdict != "not_represented")
     assert v.to_dict()["thresholds"]["id_level"] == 0.23 and v.reason
 
 
 def test_a_failed_face_detector_is_named_in_the_verdict():
-    v = judge({**GOOD, "face_after": -1.0, "face_check_error": "RuntimeError: boom"}, True, T)
+    v = judge(metrics(**{**GOOD, "face_after": -1.0, "face_check_error": "RuntimeError: boom"}), True, T)
     assert v.verdict == "face_destroyed" and "face detector failed: RuntimeError: boom" in v.reason
 
 
@@ -104,11 +111,11 @@ def test_a_destroyed_generator_is_face_destroyed_never_erased(dcgan, nets):
     with torch.no_grad():
         source = dcgan.synthesis(w_u)
         assert torch.unique(g_u.synthesis(w_u)).numel() == 1
-    metrics = evaluate_run(dcgan, g_u, w_u, w_u, None, source, cfg, nets, photo=False)
-    assert metrics["id"] < nets.thresholds.id_level  # by ID alone it would pass as erased
-    verdict = judge(metrics, False, nets.thresholds)
-    assert verdict.verdict == "face_destroyed" and metrics["face_kept"] == 0.0, (metrics, verdict)
-    assert nets.faces.is_face(metrics["face_source"])
+    m = evaluate_run(dcgan, g_u, w_u, w_u, None, source, cfg, nets, photo=False)
+    assert m.id < nets.thresholds.id_level  # by ID alone it would pass as erased
+    verdict = judge(m, False, nets.thresholds)
+    assert verdict.verdict == "face_destroyed" and m.face_kept == 0.0, (m, verdict)
+    assert nets.faces.is_face(m.face_source)
 
 
 class _KeepsOnlyTheSource(torch.nn.Module):
@@ -141,13 +148,13 @@ def test_a_generator_wrecked_away_from_the_source_is_face_destroyed(dcgan, nets)
     g_u = _KeepsOnlyTheSource(dcgan, w_u, w_face)
     with torch.no_grad():
         source = dcgan.synthesis(w_u)
-    metrics = evaluate_run(dcgan, g_u, w_u, w_face, None, source, cfg, nets, photo=False)
+    m = evaluate_run(dcgan, g_u, w_u, w_face, None, source, cfg, nets, photo=False)
     # by ID and G_u(w_u) alone it would pass as erased: another face where the source was
-    assert metrics["id"] < nets.thresholds.id_level and nets.faces.is_face(metrics["face_after"])
-    assert any(nets.faces.is_face(v) for v in metrics["face_samples_before"])
-    assert not any(nets.faces.is_face(v) for v in metrics["face_samples_after"])
-    verdict = judge(metrics, False, nets.thresholds)
-    assert verdict.verdict == "face_destroyed" and metrics["face_kept"] < 1, (metrics, verdict)
+    assert m.id < nets.thresholds.id_level and nets.faces.is_face(m.face_after)
+    assert any(nets.faces.is_face(v) for v in m.face_samples_before)
+    assert not any(nets.faces.is_face(v) for v in m.face_samples_after)
+    verdict = judge(m, False, nets.thresholds)
+    assert verdict.verdict == "face_destroyed" and m.face_kept < 1, (m, verdict)
 
 
 def test_a_photo_the_generator_cannot_draw_is_not_represented(nets, tmp_path):
@@ -157,8 +164,8 @@ def test_a_photo_the_generator_cannot_draw_is_not_represented(nets, tmp_path):
     cfg = load_config(overrides=QUICK)
     result = run_identity(load_generator("dcgan-digiface64", "cpu"), IdentitySpec("P001", image=photo), cfg, nets,
                           tmp_path / "run", show_progress=False)
-    assert result["metrics"]["inversion_id"] < nets.thresholds.id_level
-    assert result["verdict"] == "not_represented" and not result["verdict_detail"]["represented"]
+    assert result.metrics.inversion_id < nets.thresholds.id_level
+    assert result.verdict == "not_represented" and not result.verdict_detail["represented"]
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["verdict"] == "not_represented"
     assert saved["verdict_detail"]["thresholds"]["id_level"] == pytest.approx(nets.thresholds.id_level)
@@ -177,6 +184,6 @@ def test_a_face_detector_failure_is_a_verdict_not_a_crash(nets, tmp_path, monkey
     monkeypatch.setattr(FaceCheck, "_score", fail_after_the_target)
     result = run_identity(load_generator("dcgan-digiface64", "cpu"), IdentitySpec("s7", seed=7),
                           load_config(overrides=QUICK), nets, tmp_path / "run", show_progress=False)
-    assert result["status"] == "finished" and result["verdict"] == "face_destroyed"
-    assert "detector crashed" in result["metrics"]["face_check_error"]
-    assert "face detector failed" in result["verdict_detail"]["reason"]
+    assert result.status == "finished" and result.verdict == "face_destroyed"
+    assert "detector crashed" in result.metrics.face_check_error
+    assert "face detector failed" in result.verdict_detail["reason"]

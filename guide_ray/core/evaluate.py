@@ -20,6 +20,7 @@ import torch
 from ..config import GuideConfig
 from ..models.fid import FeatureStats, InceptionFeatures
 from ..models.identity import cosine
+from ..results import Metrics
 from .inversion import ProgressFn, encode, project
 
 
@@ -102,7 +103,7 @@ def face_scores(nets, generator, ws: torch.Tensor) -> tuple[list[float], str | N
 
 
 def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, nets, photo: bool,
-                 g_u_fit=None, progress: ProgressFn | None = None) -> dict:
+                 g_u_fit=None, progress: ProgressFn | None = None) -> Metrics:
     """ID, ID_others, inversion ID, re-inversion ID, face scores and face_kept, FID_pre (and
     ΔFID_real with real statistics), all on full-resolution renders. ``nets``: the frozen networks
     (run.networks.Networks: the ID metric, the face check, Inception and the caches of G_s's
@@ -168,4 +169,4 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         real = nets.fid_cache[("real", ev.real_stats)]
     fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
     metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
-    return metrics
+    return Metrics(**metrics)

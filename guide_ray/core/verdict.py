@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..results import Metrics
+
 VERDICTS = ("erased", "not_erased", "face_destroyed", "not_represented")
 
 
@@ -38,21 +40,21 @@ class Verdict:
         return {**asdict(self), "thresholds": asdict(self.thresholds)}
 
 
-def judge(metrics: dict, photo: bool, thresholds: Thresholds) -> Verdict:
-    """The verdict on one identity's metrics (evaluate_run's keys: id, inversion_id, face_after, face_kept)."""
+def judge(metrics: Metrics, photo: bool, thresholds: Thresholds) -> Verdict:
+    """The verdict on one identity's metrics (it reads id, inversion_id, face_after, face_kept)."""
     t = thresholds
-    represented = not photo or metrics.get("inversion_id", -1.0) >= t.id_level
+    represented = not photo or metrics.inversion_id >= t.id_level
     if not represented:
         return Verdict("not_represented", False, f"the inversion is not the person: its ID to the photo is "
-                       f"{metrics.get('inversion_id', float('nan')):.3f} < {t.id_level:.3f}", t)
-    after, kept = metrics["face_after"], metrics["face_kept"]
-    failed = f"; the face detector failed: {metrics['face_check_error']}" if metrics.get("face_check_error") else ""
+                       f"{metrics.inversion_id:.3f} < {t.id_level:.3f}", t)
+    after, kept = metrics.face_after, metrics.face_kept
+    failed = f"; the face detector failed: {metrics.face_check_error}" if metrics.face_check_error else ""
     if after < t.face:
         return Verdict("face_destroyed", True, f"G_u(w_u) is not a face ({t.face_detector} score "
                        f"{after:.3f} < {t.face:.3f}){failed}", t)
     if kept < t.face_kept_min:
         return Verdict("face_destroyed", True, f"only {kept:.0%} of the after-images are faces "
                        f"(at least {t.face_kept_min:.0%} needed){failed}", t)
-    if metrics["id"] < t.id_level:
-        return Verdict("erased", True, f"ID {metrics['id']:.3f} < {t.id_level:.3f} and the after-images are faces", t)
-    return Verdict("not_erased", True, f"ID {metrics['id']:.3f} >= {t.id_level:.3f}: G_u(w_u) is still the person", t)
+    if metrics.id < t.id_level:
+        return Verdict("erased", True, f"ID {metrics.id:.3f} < {t.id_level:.3f} and the after-images are faces", t)
+    return Verdict("not_erased", True, f"ID {metrics.id:.3f} >= {t.id_level:.3f}: G_u(w_u) is still the person", t)

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..config import GuideConfig, config_hash, to_dict
 from ..core.verdict import VERDICTS
 from ..ray_session import ray_session, worker_env
+from ..results import SCALARS, RunResult
 from ..run.files import write_json
 from ..run.identity import IdentitySpec
 from .ledger import Ledger, ledger_row
@@ -43,6 +44,7 @@ class Fleet:
         self.model_name = model_name(generator)
         self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
         self.ray_address = ray_address
+        self._run_tags = {"mode": mode, "generator": Path(generator).name}  # on each identity's MLflow run
         self.parent = self.tracker.parent_run(
             "fleet", self.fleet_key, f"fleet {mode} {self.fleet_key}",
             {"mode": mode, "generator": generator, "identities": len(specs), "config": to_dict(cfg)},
@@ -69,16 +71,20 @@ class Fleet:
             raise FleetError(f"the workers could not load {self.generator} and the networks: {e}") from None
         return actors
 
-    def _record(self, result: dict, step: int, done_before: dict[str, dict]) -> dict:
-        run_dir = self.runs / result["id"]
-        mlflow_id = self.tracker.identity_run(self.parent, self.fleet_key, result, run_dir,
-                                              {"mode": self.mode, "generator": Path(self.generator).name})
-        attempt = int(done_before.get(result["id"], {}).get("attempt") or 0) + 1
+    def _live(self) -> dict:
+        """Where a worker logs its identity's losses while it trains (LiveMetrics.open)."""
+        return {"uri": self.tracker.uri, "artifacts": str(self.out / "mlartifacts"), "parent": self.parent,
+                "fleet_key": self.fleet_key, "tags": self._run_tags}
+
+    def _record(self, result: RunResult, step: int, done_before: dict[str, dict]) -> dict:
+        run_dir = self.runs / result.identity
+        mlflow_id = self.tracker.identity_run(self.parent, self.fleet_key, result, run_dir, self._run_tags)
+        attempt = int(done_before.get(result.identity, {}).get("attempt") or 0) + 1
         row = {**ledger_row(self.fleet_key, self.mode, self.generator, self.cfg_hash, step, result, run_dir, attempt),
                "mlflow_run_id": mlflow_id}
         self.ledger.upsert([row])
-        if self.mode == "parallel" and row["status"] == "finished":
-            self._register(row, [row["id"]], json.loads(row["metrics_json"]), {row["id"]: row["verdict"]})
+        if self.mode == "parallel" and result.finished:
+            self._register(row, [result.identity], _scalars(row), {result.identity: result.verdict})
         return row
 
     def _register(self, row: dict, identities: list[str], metrics: dict, verdicts: dict[str, str]) -> None:
@@ -88,7 +94,7 @@ class Fleet:
                 "mode": self.mode, "base_generator": self.generator, "checkpoint_uri": row["checkpoint_uri"],
                 "verdicts": ";".join(f"{i}={verdicts.get(i)}" for i in identities),
                 "all_erased": str(all(verdicts.get(i) == "erased" for i in identities)).lower(),
-                **{f"metric_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+                **metrics}
         self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags)
 
     def _register_finished(self, rows: dict[str, dict], ok: bool, earlier: list[str]) -> None:
@@ -97,8 +103,7 @@ class Fleet:
         they finished; sequential: the final generator, once every identity is erased."""
         if self.mode == "parallel":
             for ident in earlier:
-                self._register(rows[ident], [ident], json.loads(rows[ident]["metrics_json"]),
-                               {ident: rows[ident].get("verdict")})
+                self._register(rows[ident], [ident], _scalars(rows[ident]), {ident: rows[ident].get("verdict")})
         elif ok:
             final = json.loads((self.runs / "final.json").read_text())
             self._register(rows[self.specs[-1].id], [s.id for s in self.specs], erosion_metrics(final["erosion"]),
@@ -141,9 +146,9 @@ class Fleet:
             counts[row["status"] if row["status"] == "finished" else "failed"] += 1
             bar.update(1)
             bar.set_postfix(done=counts["finished"], running=counts["running"], failed=counts["failed"])
-            bar.write(f"{row['id']}: {row['status']}  {row.get('verdict') or ''}  ID {fmt(row.get('metric_id'))}  "
-                      f"face kept {fmt(row.get('metric_face_kept'), '.0%')}  FID_pre "
-                      f"{fmt(row.get('metric_fid_pre'), '.2f')}" + (f"  ({row['error']})" if row.get("error") else ""))
+            bar.write(f"{row['identity']}: {row['status']}  {row.get('verdict') or ''}  ID {fmt(row.get('id'))}  "
+                      f"face kept {fmt(row.get('face_kept'), '.0%')}  FID_pre "
+                      f"{fmt(row.get('fid_pre'), '.2f')}" + (f"  ({row['error']})" if row.get("error") else ""))
 
         if todo:
             with ray_session(self.ray_address):
@@ -180,7 +185,7 @@ class Fleet:
         while pending or inflight:
             while idle and pending:
                 actor, spec = idle.pop(), pending.popleft()
-                inflight[actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id))] = (actor, spec)
+                inflight[actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id), live=self._live())] = (actor, spec)
             counts["running"] = len(inflight)
             bar.set_postfix(done=counts["finished"], running=counts["running"], failed=counts["failed"])
             ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -200,14 +205,15 @@ class Fleet:
                 erased.append((spec.id, str(self.runs / spec.id / "latents.pt")))
                 continue
             counts["running"] = 1
-            ref = actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id), start_from, list(erased))
+            ref = actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id), start_from, list(erased),
+                                       live=self._live())
             result = _get(ref, spec)
             row = self._record(result, step, previous)
-            if result["status"] == "finished":
-                start_from = result["checkpoint"]
+            if result.finished:
+                start_from = result.checkpoint
                 erased.append((spec.id, str(self.runs / spec.id / "latents.pt")))
-                erosion = result["erosion"]
-                self.ledger.upsert([{"fleet_key": self.fleet_key, "id": i, "id_now": v, "id_now_after": spec.id}
+                erosion = result.erosion
+                self.ledger.upsert([{"fleet_key": self.fleet_key, "identity": i, "id_now": v, "id_now_after": spec.id}
                                     for i, v in erosion["id"].items()])
                 self.tracker.fleet_step(self.parent, step, erosion_metrics(erosion))
                 write_json(self.runs / "final.json", {"checkpoint": start_from, "after": spec.id, "step": step,
@@ -220,10 +226,15 @@ def spec_dict(spec: IdentitySpec) -> dict:
             for k, v in asdict(spec).items()}
 
 
-def _get(ref, spec: IdentitySpec) -> dict:
+def _scalars(row: dict) -> dict[str, float]:
+    """A ledger row's one-number metrics (as the registry's version tags)."""
+    return {name: row[name] for name in SCALARS if row.get(name) is not None}
+
+
+def _get(ref, spec: IdentitySpec) -> RunResult:
     import ray
 
     try:
         return ray.get(ref)
     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:  # retries exhausted
-        return {"id": spec.id, "status": "failed", "error": f"worker lost: {type(e).__name__}: {str(e)[:500]}"}
+        return RunResult(spec.id, "failed", error=f"worker lost: {type(e).__name__}: {str(e)[:500]}")

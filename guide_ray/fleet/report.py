@@ -21,9 +21,9 @@ def summary_table(table: list[dict]) -> str:
             f"{'FID_pre':>8s} {'ID now':>7s}  error")
     lines = [head, "-" * len(head)]
     for r in table:
-        lines.append(f"{r['identity'][:16]:16s} {r['status']:9s} {r['verdict'] or '–':15s} {fmt(r['ID']):>7s} "
-                     f"{fmt(r['ID_others']):>7s} {fmt(r['re-inversion ID']):>7s} {fmt(r['face kept'], '.0%'):>6s} "
-                     f"{fmt(r['FID_pre'], '.2f'):>8s} {fmt(r['ID now']):>7s}  {r['error'][:80]}")
+        lines.append(f"{r['identity'][:16]:16s} {r['status']:9s} {r['verdict'] or '–':15s} {fmt(r['id']):>7s} "
+                     f"{fmt(r['id_others']):>7s} {fmt(r['reinversion_id']):>7s} {fmt(r['face_kept'], '.0%'):>6s} "
+                     f"{fmt(r['fid_pre'], '.2f'):>8s} {fmt(r['id_now']):>7s}  {r['error'][:80]}")
     counts = {v: sum(r["verdict"] == v for r in table) for v in VERDICTS}
     lines.append("verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
                  f" of {len(table)} identities" if any(counts.values()) else "verdicts: none yet")

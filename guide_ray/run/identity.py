@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from ..core.ufo import whole_norm
 from ..core.verdict import Verdict, judge
 from ..images import save_png, to_uint8
 from ..models.checkpoint import metadata_json, save_trainable
+from ..results import Metrics, RunResult
 from .files import atomic_write, write_json
 from .networks import Networks
 
@@ -142,11 +144,13 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
 
 def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks, out: str | Path, *,
                  loop: str = "optimised", overwrite: bool = False, show_progress: bool = True,
-                 sources: SourceLatents | None = None) -> dict:
+                 sources: SourceLatents | None = None,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     """Unlearn ``spec`` from ``generator`` (in place: it becomes G_u) and write the run's files.
 
-    ``sources``: the identity's latents when already inverted (else they are computed here).
-    Returns the result dict also written to ``result.json``. A run whose loss diverges ends with
+    ``sources``: the identity's latents when already inverted (else they are computed here);
+    ``on_step(step, losses)``: called after every LTU step (the fleet logs the losses live).
+    Returns the result, also written to ``result.json``. A run whose loss diverges ends with
     status "diverged" and the last good weights; a rerun of an unfinished run resumes it.
     """
     out = Path(out)
@@ -174,6 +178,8 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         def progress(step, losses):
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("total", "local", "adj", "global")})
+            if on_step is not None:
+                on_step(step, losses)
 
         g_train = training_view(generator, cfg)  # training it trains ``generator``
         ltu = unlearn(g_train, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
@@ -188,7 +194,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         metrics = evaluate_run(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image, cfg, nets, photo,
                                g_u_fit=inversion_view(generator, cfg), progress=bar_callback(bar))
     if g_train is not generator:  # the erasure as training saw it, beside the full-resolution ID above
-        metrics["id_train_resolution"] = float(identity_similarity(nets.id_metric, ltu.g_s, g_train, w_u,
+        metrics.id_train_resolution = float(identity_similarity(nets.id_metric, ltu.g_s, g_train, w_u,
                                                                    cfg.evaluation.id_views)[0])
     verdict = judge(metrics, photo, nets.thresholds)
     times["evaluation_s"] = time.perf_counter() - t
@@ -205,16 +211,16 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     write_json(out / "losses.json", [{"step": first_step + i, **h} for i, h in enumerate(ltu.history)])
     times["total_s"] = time.perf_counter() - t_start
     scale = ltu.distance_scale
-    result = {
-        "id": spec.id, "generator": generator.name, "status": ltu.status, "message": ltu.message,
-        "verdict": verdict.verdict, "verdict_detail": {k: v for k, v in verdict.to_dict().items() if k != "verdict"},
-        "source": {"image": str(spec.image) if spec.image else None, "seed": spec.seed,
-                   "others": [str(p) for p in spec.others]},
-        "config": to_dict(cfg), "config_hash": cfg_hash, "loop": loop,
-        "train_resolution": g_train.resolution, "resolution": generator.resolution,
-        "metrics": metrics, "timings": times, "steps": ltu.steps_run + (resume["step"] if resume else 0),
-        "final_losses": ltu.history[-1] if ltu.history else None, "inversion_losses": sources.inversion_losses,
-        "latents": {
+    result = RunResult(
+        identity=spec.id, generator=generator.name, status=ltu.status, message=ltu.message,
+        verdict=verdict.verdict, verdict_detail={k: v for k, v in verdict.to_dict().items() if k != "verdict"},
+        source={"image": str(spec.image) if spec.image else None, "seed": spec.seed,
+                "others": [str(p) for p in spec.others]},
+        config=to_dict(cfg), config_hash=cfg_hash, loop=loop,
+        train_resolution=g_train.resolution, resolution=generator.resolution,
+        metrics=metrics, timings=times, steps=ltu.steps_run + (resume["step"] if resume else 0),
+        final_losses=ltu.history[-1] if ltu.history else None, inversion_losses=sources.inversion_losses,
+        latents={
             "distance_scale": scale, "geometry": ltu.target.geometry,
             # d_used: the config distance the target was made with (less than d when G_s(w_t) at d was no face)
             "d_used": ltu.target.d / scale, "d_effective": ltu.target.d, "alpha_max_effective": cfg.alpha_max * scale,
@@ -224,17 +230,17 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
             "w_t_to_avg": float(whole_norm(ltu.w_t - generator.w_avg)),
             "w_t_to_w_u": float(whole_norm(ltu.w_t - w_u)),
         },
-        "trainable_parameters": sum(p.numel() for n, p in generator.named_parameters() if n in set(ltu.trainable)),
-        "checkpoint": str(checkpoint),
-    }
-    write_json(out / "result.json", result)
+        trainable_parameters=sum(p.numel() for n, p in generator.named_parameters() if n in set(ltu.trainable)),
+        checkpoint=str(checkpoint),
+    )
+    write_json(out / "result.json", result.to_dict())
     (out / "state.pt").unlink(missing_ok=True)
     return result
 
 
-def grid_title(identity: str, generator: str, verdict: Verdict, metrics: dict) -> str:
-    return (f"{identity} | {generator} | {verdict.verdict} | ID {metrics['id']:.3f} | face kept "
-            f"{metrics['face_kept']:.0%} | FID_pre {metrics['fid_pre']:.2f}")
+def grid_title(identity: str, generator: str, verdict: Verdict, metrics: Metrics) -> str:
+    return (f"{identity} | {generator} | {verdict.verdict} | ID {metrics.id:.3f} | face kept "
+            f"{metrics.face_kept:.0%} | FID_pre {metrics.fid_pre:.2f}")
 
 
 @torch.no_grad()
