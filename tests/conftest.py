@@ -1,9 +1,8 @@
+"""The suite's fixtures: the real generators, a tiny random one, a Ray head, an MLflow server."""
+
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,7 @@ import torch
 
 from guide_ray import weights
 from guide_ray.models.dcgan import _dcgan_net
-
-NETS = ("stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "fid-inception", "openpeople", "dlib-mmod")
-
-
-def require_weights(*names: str) -> None:
-    """Fail (not skip) when a real weight the test needs is not cached: `make test` pulls them."""
-    for name in names:
-        state = weights.status(name)
-        if state != "cached":
-            pytest.fail(f"weight {name!r} is {state}; run `python -m guide_ray weights pull {name}`")
-
+from tests.helpers import NETS, fetch, free_port, require_weights, stop_process_group, wait_for
 
 @pytest.fixture(scope="session")
 def mobilestylegan():
@@ -37,12 +26,6 @@ def dcgan():
 
     require_weights("dcgan-digiface64")
     return load_generator("dcgan-digiface64", "cpu")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -73,37 +56,6 @@ def cluster(tmp_path_factory):
         yield {"env": env, "gcs": f"127.0.0.1:{port}", "jobs": f"http://127.0.0.1:{dash}", "ray": ray_bin}
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM a process started with start_new_session=True and its children; SIGKILL after 30 s."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def fetch(url: str) -> bytes | None:
-    """The body at ``url``, or None when it cannot be had (not up yet, an error status)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.read()
-    except OSError:
-        return None
 
 
 @pytest.fixture(scope="session")

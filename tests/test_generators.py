@@ -24,6 +24,7 @@ def openvino_models():
             for f in ("MappingNetwork.xml", "SynthesisNetwork.xml")]
 
 
+@pytest.mark.slow
 def test_mobilestylegan_matches_openvino(mobilestylegan):
     ov_mapping, ov_synthesis = openvino_models()
     worst_w = worst_img = 0.0
@@ -41,6 +42,7 @@ def test_mobilestylegan_matches_openvino(mobilestylegan):
     assert worst_w <= 1e-3 and worst_img <= 1e-3
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_synthesis_parameter(mobilestylegan):
     params = list(mobilestylegan.trainable_parameters())
     assert sum(p.numel() for p in params) > 7_000_000
@@ -53,6 +55,7 @@ def test_gradients_reach_every_synthesis_parameter(mobilestylegan):
     assert not missing
 
 
+@pytest.mark.slow
 def test_w_plus_reaches_each_layer(mobilestylegan):
     g = mobilestylegan
     assert g.num_ws == 23 and g.w_avg.shape == (512,)
@@ -131,6 +134,7 @@ def test_dcgan_w_avg_is_the_average_face(dcgan):
         aligner.face(upscale(at_zero), "G(0)")  # ...where z = 0 gives a face-less texture
 
 
+@pytest.mark.slow
 def test_generators_load_from_user_paths(tmp_path, dcgan, mobilestylegan):
     ckpt = tmp_path / "my_dcgan.pt"
     torch.save({"netG_state_dict": dcgan.synthesis_net.state_dict()}, ckpt)
@@ -145,6 +149,7 @@ def test_generators_load_from_user_paths(tmp_path, dcgan, mobilestylegan):
         load_generator(tmp_path / "bad.pt", "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,seeds,size", [("dcgan-digiface64", "0-5", 64), ("mobilestylegan-ffhq1024", "7,8", 1024)])
 def test_sample_cli_writes_pngs_and_grid(tmp_path, capsys, name, seeds, size):
     out = tmp_path / "out"

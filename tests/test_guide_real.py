@@ -1,5 +1,6 @@
 """GUIDE on the real DCGAN: the identity at w_u really changes, other identities stay."""
 
+import pytest
 import torch
 
 from guide_ray.config import load_config
@@ -8,7 +9,9 @@ from guide_ray.core.inversion import random_source
 from guide_ray.core.ltu import unlearn
 from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
-from tests.conftest import require_weights
+from tests.helpers import require_weights
+
+pytestmark = pytest.mark.slow  # real generators end to end: minutes on 2 cores
 
 
 def test_guide_erases_the_source_identity_and_keeps_others():

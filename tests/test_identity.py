@@ -11,7 +11,7 @@ from guide_ray.models import load_generator
 from guide_ray.models.face_align import align_ffhq, default_aligner, ffhq_quad, landmarks5
 from guide_ray.models.identity import (DLIB_CHIP_BOX, HOG_BOX, LANDMARKS5, arcface_box, cosine,
                                        facenet_box, load_identity_net, to_tensor)
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 PEOPLE = [f"P{i:03d}" for i in range(1, 11)]
 PHOTOS = ("studio_portrait", "studio_posture", "amateur_selfie", "amateur_posture")

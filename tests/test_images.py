@@ -9,7 +9,7 @@ from PIL import Image
 
 from guide_ray import weights
 from guide_ray.images import ImageError, load_image
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 
 def write_png16_rgb(path, pixels: np.ndarray) -> None:

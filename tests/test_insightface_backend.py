@@ -11,7 +11,7 @@ from guide_ray import weights
 from guide_ray.images import load_image
 from guide_ray.models.insightface_backend import (ARCFACE_TEMPLATE, ArcFaceEmbedder, load_arcface, norm_crop,
                                                   similarity_transform)
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 # insightface's norm_crop calls scikit-image's deprecated SimilarityTransform.estimate; the module
 # silences it, but pytest restores the warning filters around each test.

@@ -16,7 +16,7 @@ from guide_ray import weights
 from guide_ray.core.inversion import (LatentEncoder, ProjectorConfig, encode, invert_photo, project,
                                       random_source)
 from guide_ray.models.face_align import FaceError, photo_to_generator_crop
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 QUIET = ProjectorConfig(noise_strength=0.0)  # no latent noise: the first step starts exactly at the init
 
@@ -48,6 +48,7 @@ def losses_at(generator, ws, target, perceptual, config):
     return perc.item(), pixel.item(), (config.lambda_perceptual * perc + config.lambda_pixel * pixel).item()
 
 
+@pytest.mark.slow
 def test_projection_recovers_a_generated_face(dcgan, perceptual):
     target = dcgan.synthesis(random_source(dcgan, 7)).detach()
     config = ProjectorConfig(steps=100)
@@ -104,6 +105,7 @@ def test_w_space_shares_one_latent_across_layers():
     assert w_plus.losses["total"] < 0.5 * w.losses["total"]  # W+ can fit what one W cannot
 
 
+@pytest.mark.slow
 def test_mobilestylegan_projection_runs_and_leaves_the_generator_alone(mobilestylegan, perceptual):
     g = mobilestylegan
     flags = {name: p.requires_grad for name, p in g.named_parameters()}
@@ -147,6 +149,7 @@ class TinyEncoder(nn.Module):
         return self.net(images).view(-1, self.num_ws, self.w_dim)
 
 
+@pytest.mark.slow
 def test_encoder_guess_starts_the_projection(dcgan, perceptual, photo):
     torch.manual_seed(0)
     encoder = TinyEncoder(dcgan.num_ws, dcgan.w_dim)
@@ -173,6 +176,7 @@ def test_encoder_guess_starts_the_projection(dcgan, perceptual, photo):
         encode(dcgan, lambda images: torch.zeros(1, 5), target)
 
 
+@pytest.mark.slow
 def test_photo_inversion_finds_the_persons_face(dcgan, perceptual, photo):
     from guide_ray.models import load_identity_net
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
@@ -106,14 +107,22 @@ def test_eq5_adjacent_deltas_by_hand():
     torch.testing.assert_close(deltas, torch.tensor([[[6.0, 8.0]], [[0.0, -1.0]]]))
 
 
-def test_sampler_alpha_is_uniform_up_to_alpha_max_and_pools_are_disjoint():
+def test_sampler_alpha_is_uniform_up_to_alpha_max_and_the_pools_are_their_own_draws():
     g = TinyGenerator()
     w_u = g.mapping(g.z_from_seed(0))
-    sampler = LatentSampler(g, w_u, n_adj=2, n_global=2, alpha_max=3.0, pool=50, seed=0)
+    sampler = LatentSampler(g, w_u, n_adj=2, n_global=2, alpha_max=3.0, pool=500, seed=0)
+    # Eq. 5's |delta| is alpha: uniform on [0, alpha_max] (Kolmogorov-Smirnov against U(0, 3))
     norms = sampler.pool_deltas.flatten(1).norm(dim=1)
-    assert norms.max() <= 3.0 and norms.min() >= 0 and 1.0 < norms.mean() < 2.0
-    adj_latents = w_u + sampler.pool_deltas
-    assert not any(torch.allclose(a, b) for a in adj_latents for b in sampler.pool_global)
+    assert scipy.stats.kstest(norms.numpy() / 3.0, "uniform").pvalue > 0.01
+    assert scipy.stats.kstest(norms.numpy() / 2.0, "uniform").pvalue < 1e-6  # the test tells another range
+    # the neighbours' w_r and the global latents are separate draws of the seeded generator, in that order
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(0)
+        w_r = g.mapping(torch.randn(500, g.z_dim, generator=rng))
+        alpha = torch.rand(500, generator=rng) * 3.0
+        w_global = g.mapping(torch.randn(500, g.z_dim, generator=rng))
+    torch.testing.assert_close(sampler.pool_deltas, adjacent_deltas(w_u, w_r, alpha))
+    torch.testing.assert_close(sampler.pool_global, w_global)
     draw = sampler.draw()
     assert draw.deltas.shape == (2, 2, 6) and draw.w_global.shape == (2, 2, 6)
 

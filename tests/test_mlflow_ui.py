@@ -9,16 +9,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from guide_ray.tracking import Tracker, resolve_uri
 from tests.browser import artifacts_dir, chromium, require_chromium, screenshot, text_xpath, wait
-from tests.conftest import fetch, free_port, stop_process_group, wait_for
+from tests.helpers import fetch, free_port, stop_process_group, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_fleet_runs_and_grid_in_the_mlflow_ui(mlflow_fleet, tmp_path):
     require_chromium()
     from selenium.webdriver.common.by import By
@@ -65,6 +67,7 @@ def test_fleet_runs_and_grid_in_the_mlflow_ui(mlflow_fleet, tmp_path):
         screenshot(driver, shots / "mlflow-ui.png")
 
 
+@pytest.mark.slow
 def test_make_ui_serves_a_fleet_store(tmp_path, monkeypatch):
     """`make ui OUT=DIR` on a store laid out as a fleet writes it by default (DIR/mlflow.db, artifacts
     in DIR/mlartifacts): the UI and the grid it previews are served; no store, a clear error."""

@@ -12,7 +12,7 @@ from guide_ray import weights
 from guide_ray.models.face_align import FaceAligner, FaceError, landmarks5
 from guide_ray.models.insightface_backend import ARCFACE_TEMPLATE, similarity_transform
 from guide_ray.models.mtcnn import MTCNN, ONet, PNet, RNet, load_net
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 pytestmark = pytest.mark.weights
 

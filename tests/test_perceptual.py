@@ -8,7 +8,7 @@ from PIL import Image
 from guide_ray import weights
 from guide_ray.images import load_image
 from guide_ray.models.perceptual import STLPIPS, OfficialLPIPS, load_perceptual, lpips_linear
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 # The sha256 of lpips 0.1.4's linear layers, as the manifest pinned them when they were pulled from
 # the lpips wheel (weight "lpips-linear"); OfficialLPIPS now reads them from the installed package.

@@ -11,7 +11,7 @@ from guide_ray.config import load_config
 from guide_ray.run.identity import IdentitySpec, RunExists, run_identity
 from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 QUICK = ["iterations=4", "checkpoint_every=2", "evaluation.fid_samples=16", "evaluation.fid_batch=8",
          "inversion.steps=4", "latent_pool=8"]
@@ -27,6 +27,7 @@ def dcgan():
     return load_generator("dcgan-digiface64", "cpu")
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_files_and_its_checkpoint_reloads(nets, tmp_path, capsys):
     cfg = load_config(overrides=QUICK)
     g = dcgan()
@@ -54,6 +55,7 @@ def test_a_run_writes_its_files_and_its_checkpoint_reloads(nets, tmp_path, capsy
         run_identity(dcgan(), IdentitySpec("s7", seed=7), cfg, nets, tmp_path / "run", show_progress=False)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_where_it_stopped(nets, tmp_path, monkeypatch):
     cfg = load_config(overrides=QUICK + ["evaluation.reinversion=false"])
     whole = dcgan()
@@ -87,6 +89,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(nets, tmp_path, monkeypatch
         run_identity(dcgan(), IdentitySpec("s3", seed=3), other, nets, tmp_path / "cut", show_progress=False)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_keeps_the_last_good_weights(nets, tmp_path, monkeypatch):
     cfg = load_config(overrides=QUICK + ["iterations=6", "evaluation.reinversion=false"])
     real = nets.perceptual.distance
@@ -139,6 +142,7 @@ def test_unlearn_cli_refuses_a_finished_run(tmp_path, capsys):
     assert "already holds a finished run" in err and "--overwrite" in err
 
 
+@pytest.mark.slow
 def test_an_encoder_only_inversion_runs_end_to_end(nets, tmp_path, monkeypatch):
     """inversion.steps=0 with an encoder (the paper configs: GOAE's latent as is): the photo's latent
     is the encoder's, and the re-inversion into G_u also starts from (here: is) the encoder's latent."""

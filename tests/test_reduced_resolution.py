@@ -14,7 +14,9 @@ from guide_ray.run.identity import IdentitySpec, run_identity
 from guide_ray.run.networks import Networks
 from guide_ray.models import load_generator
 from guide_ray.models.mobilestylegan import cut_layer
-from tests.conftest import require_weights
+from tests.helpers import require_weights
+
+pytestmark = pytest.mark.slow  # real generators end to end: minutes on 2 cores
 
 
 def test_the_truncated_graph_runs_only_what_its_layer_needs(mobilestylegan):

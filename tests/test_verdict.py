@@ -19,7 +19,7 @@ from guide_ray.core.verdict import Thresholds, judge
 from guide_ray.models import load_generator
 from guide_ray.models.face_check import FaceCheck
 from guide_ray.results import Metrics
-from tests.conftest import require_weights
+from tests.helpers import require_weights
 
 T = Thresholds(id_level=0.23, face=0.8, face_kept_min=1.0, face_detector="dlib-mmod")
 GOOD = {"id": 0.05, "inversion_id": 0.6, "face_after": 1.02, "face_kept": 1.0}
@@ -104,6 +104,7 @@ def _constant(generator):
     return generator
 
 
+@pytest.mark.slow
 def test_a_destroyed_generator_is_face_destroyed_never_erased(dcgan, nets):
     cfg = load_config(overrides=QUICK)
     w_u = dcgan.mapping(dcgan.z_from_seed(7))
@@ -141,6 +142,7 @@ class _KeepsOnlyTheSource(torch.nn.Module):
         return self.synthesis(self.mapping(z), c)
 
 
+@pytest.mark.slow
 def test_a_generator_wrecked_away_from_the_source_is_face_destroyed(dcgan, nets):
     cfg = load_config(overrides=QUICK + ["evaluation.face_samples=4"])
     w_u = dcgan.mapping(dcgan.z_from_seed(39))
@@ -157,6 +159,7 @@ def test_a_generator_wrecked_away_from_the_source_is_face_destroyed(dcgan, nets)
     assert verdict.verdict == "face_destroyed" and m.face_kept < 1, (m, verdict)
 
 
+@pytest.mark.slow
 def test_a_photo_the_generator_cannot_draw_is_not_represented(nets, tmp_path):
     from guide_ray import weights
 
@@ -171,6 +174,7 @@ def test_a_photo_the_generator_cannot_draw_is_not_represented(nets, tmp_path):
     assert saved["verdict_detail"]["thresholds"]["id_level"] == pytest.approx(nets.thresholds.id_level)
 
 
+@pytest.mark.slow
 def test_a_face_detector_failure_is_a_verdict_not_a_crash(nets, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = FaceCheck._score

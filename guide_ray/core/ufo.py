@@ -27,8 +27,8 @@ from typing import Callable
 
 import torch
 
-# The paper tuned d = 30 and alpha_max = 15 on EG3D's W space. EG3D's weights cannot be had here,
-# so EG3D's typical whole-tensor distance ||w - w_avg|| is taken from a StyleGAN2 FFHQ mapping
+# The paper tuned d = 30 and alpha_max = 15 on EG3D's W space. EG3D's weights are on no registry these
+# machines reach, so EG3D's typical whole-tensor distance ||w - w_avg|| is taken from a StyleGAN2 FFHQ mapping
 # network (MobileStyleGAN keeps its teacher's, config-f): 9.84 per 512-d w, mean over 20,000
 # samples, times sqrt(14) for EG3D's 14 broadcast layers = 36.8. d = 30 is then 0.81 of a typical
 # identity's distance from the average face, alpha_max = 15 is 0.41 of it.

@@ -78,7 +78,8 @@ def straight_through_clamp(img: torch.Tensor) -> torch.Tensor:
 
 
 class GeneratorBase(nn.Module):
-    """Shared behaviour of 2D (camera-free) generators; subclasses define ``_synthesize``."""
+    """Shared behaviour of the generators; subclasses define ``_synthesize``. Camera-free by default
+    (``sample_camera`` gives None); a 3D generator (EG3D) overrides the camera methods."""
 
     name: str
     z_dim: int
