@@ -30,7 +30,7 @@ def test_a_contract_our_imports_break_is_reported_broken(tmp_path):
 
 
 def test_reading_a_config_loads_no_torch():
-    code = ("import sys, guide_ray.config as c; c.load_config('jobs/configs/guide.yaml'); "
+    code = ("import sys, guide_ray.config as c; c.load_config('jobs/configs/demo-cpu.yaml'); "
             "bad = [m for m in ('torch', 'numpy', 'ray', 'mlflow') if m in sys.modules]; assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
