@@ -51,7 +51,9 @@ ui: $(VENV)/.installed
 mlflow-server: $(VENV)/.installed
 	MLFLOW=$(abspath $(BIN))/mlflow bash tracking/server.sh
 
-# A Ray head on this machine, dashboard and job server on 127.0.0.1 (cluster/README.md); head-stop runs `ray stop`.
+# A Ray head on this machine, dashboard and job server on 127.0.0.1 (cluster/README.md): its jobs run
+# with this venv's python, so the submit command it prints works from any shell. head-stop stops that
+# head only (RAY_HEAD_PORT, RAY_DASHBOARD_PORT, ... as for head: cluster/local-head.sh --help).
 head: $(VENV)/.installed
 	RAY=$(abspath $(BIN))/ray bash cluster/local-head.sh start
 
