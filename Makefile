@@ -7,7 +7,7 @@ ORACLE ?= .venv-oracle
 OUT ?= outputs/demo
 UI_PORT ?= 5000
 
-.PHONY: demo ui mlflow-server head head-stop test install dev weights browser clean
+.PHONY: demo ui mlflow-server head head-stop quick test install dev weights browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
 		|| echo "apt-get could not install chromium: the browser test will skip"; \
 	else echo "chromium/chromedriver missing (apt-get install chromium chromium-driver): the browser test will skip"; fi
+
+# The quick loop for development: every test but the slow ones (under 3 minutes on 2 cores).
+quick: dev weights $(ORACLE)/.installed
+	GUIDE_RAY_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(BIN)/python -m pytest -m "not slow" -q
 
 test: dev weights browser $(ORACLE)/.installed
 	GUIDE_RAY_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(BIN)/python -m pytest
