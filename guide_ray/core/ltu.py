@@ -291,11 +291,16 @@ class Unlearning:
     def done(self) -> bool:
         return self.status != "running"
 
+    def state(self) -> dict:
+        """What ``resume`` continues from: the step, the trainable tensors, the optimiser and sampler
+        states (the dict ``on_checkpoint`` receives), taken now."""
+        return {"step": self.step, "trainable": trainable_state(self.params),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "sampler_rng": self.problem.sampler.rng.get_state()}
+
     def _checkpoint(self) -> None:
         if self.on_checkpoint is not None:
-            self.on_checkpoint({"step": self.step, "trainable": trainable_state(self.params),
-                                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                                "sampler_rng": self.problem.sampler.rng.get_state()})
+            self.on_checkpoint(self.state())
 
     def advance(self, until: int) -> None:
         """Run steps up to ``until`` (at most ``iterations``); the generator is in eval mode after."""

@@ -17,9 +17,12 @@ The sweep writes OUT/trials.csv, the Pareto front of (unlearning, preservation) 
 that erased every identity as OUT/pareto.csv,
 OUT/pareto.md and OUT/pareto.png, every trial across its parameters and objectives as
 OUT/parallel_coordinates.png, logs a parent MLflow run (holding those files) with a nested run per
-trial, and ``--export-best PATH`` writes a chosen trial's full configuration as YAML for the
-fleet. An interrupted sweep resumes from OUT/tune/NAME when run again: finished trials are not
-rerun.
+trial (every report, at step = its training_iteration), and ``--export-best PATH`` writes a chosen
+trial's full configuration as YAML for the fleet and its unlearned generators as
+DIR/ID/checkpoint.safetensors (DIR: PATH without its suffix). A trial is checkpointed after every
+report, so an interrupted sweep resumes from OUT/tune/NAME when run again: finished trials are not
+rerun, and a trial stopped mid-way goes on from its last report. The Optuna study can be kept in a
+database (``optuna_storage``).
 The method is core.*; this layer only schedules it.
 """
 

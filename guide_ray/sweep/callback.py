@@ -1,4 +1,4 @@
-"""The Tune callback that logs each trial to MLflow as it ends, nested under the sweep's run."""
+"""The Tune callback that logs every trial report to MLflow, in the trial's run nested under the sweep's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ EXPERIMENT = "guide_ray-sweep"
 
 
 def tune_callback(uri: str, artifacts: Path, sweep_key: str, parent: str, space: list[str]):
-    """A Tune callback that logs each trial to MLflow as it ends (nested under the sweep's run)."""
+    """A Tune callback that logs each report of a trial to its nested MLflow run (step = the report's
+    training_iteration; the run created by the first report, kept by a resumed trial) and ends the
+    run when the trial completes or fails."""
     from ray import tune
 
     class TrialLogger(tune.Callback):
@@ -29,17 +31,22 @@ def tune_callback(uri: str, artifacts: Path, sweep_key: str, parent: str, space:
                 self._tracker = Tracker(uri, artifacts, EXPERIMENT)
             return self._tracker
 
-        def _log(self, trial, status: str):
+        def _params(self, trial) -> dict:
+            return {k: trial.config.get(k) for k in space}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.tracker.trial_report(parent, sweep_key, trial.trial_id, self._params(trial), result)
+
+        def _end(self, trial, status: str):
             result = trial.last_result or {}
             if status == "complete" and result.get("unlearning") is None:
                 status = "stopped early"
-            self.tracker.trial_run(parent, sweep_key, trial.trial_id, {k: trial.config.get(k) for k in space},
-                                   result, status)
+            self.tracker.trial_run(parent, sweep_key, trial.trial_id, self._params(trial), result, status)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._log(trial, "complete")
+            self._end(trial, "complete")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._log(trial, "error")
+            self._end(trial, "error")
 
     return TrialLogger()

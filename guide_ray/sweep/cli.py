@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .driver import SweepInterrupted, run_sweep
-from .results import export_config, pick
+from .results import export_config, export_generators, pick
 from .spec import OBJECTIVES, SweepError, load_sweep
 
 
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
                    "sqlite:///OUT/mlflow.db)")
     p.add_argument("--ray-address", help="a Ray cluster (default: RAY_ADDRESS, else a running local cluster, "
                    "else an embedded one); 'local' always starts an embedded one")
-    p.add_argument("--export-best", metavar="PATH", help="write the picked trial's configuration as fleet YAML")
+    p.add_argument("--export-best", metavar="PATH", help="write the picked trial's configuration as fleet YAML, "
+                   "and its unlearned generators as DIR/ID/checkpoint.safetensors (DIR: PATH without its suffix)")
     p.add_argument("--pick", default="score", help="which trial --export-best writes: the Pareto front's lowest "
                    "score (default), unlearning or preservation, or a trial id")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress table")
@@ -44,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     print((sweep.out_dir / "pareto.md").read_text())
     print(f"trials: {sweep.out_dir / 'trials.csv'}\nPareto plot: {sweep.out_dir / 'pareto.png'}")
     if args.export_best:
+        path = Path(args.export_best)
+        folder = path.with_suffix("") if path.suffix else path.with_name(path.name + ".generators")
         try:
             row = pick(rows, front, args.pick)
+            generators = export_generators(sweep, row, folder)
         except SweepError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        export_config(sweep, row, Path(args.export_best))
-        print(f"exported trial {row['trial']} to {args.export_best}")
+        export_config(sweep, row, path, folder)
+        print(f"exported trial {row['trial']} to {path} and its generators to "
+              f"{', '.join(str(g) for g in generators)}")
     return 0 if any(r["status"] == "complete" for r in rows) else 1

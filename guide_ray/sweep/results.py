@@ -1,5 +1,5 @@
 """A sweep's results: the trials table, the Pareto front over the trials that erased every identity,
-its files, and the trial a user exports."""
+its files, and the trial a user exports (its configuration and its unlearned generators)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import to_dict
+from ..config import config_hash, to_dict
 from .spec import OBJECTIVES, Param, Sweep, SweepError
 
 
@@ -31,7 +31,9 @@ def trial_rows(grid, space: dict[str, Param]) -> list[dict]:
                      "reports": m.get("training_iteration"), **params,
                      **{k: m.get(k) for k in ("unlearning", "preservation", "score", "erased", "identities", "id",
                                               "id_others", "fid_pre", "id_now", "drift", "progress_score",
-                                              "started_at")}})
+                                              "started_at")},
+                     # the trial's last Tune checkpoint (the final one for a complete trial)
+                     "checkpoint": result.checkpoint.path if result.checkpoint else None})
     return rows
 
 
@@ -111,10 +113,42 @@ def pick(rows: list[dict], front: list[dict], how: str) -> dict:
     raise SweepError(f"--pick {how!r}: not one of {', '.join(OBJECTIVES)} nor a trial id of this sweep")
 
 
-def export_config(sweep: Sweep, row: dict, path: Path) -> None:
+def export_config(sweep: Sweep, row: dict, path: Path, generators: Path | None = None) -> None:
+    """The trial's full configuration as fleet YAML (``generators``: where its generators were exported)."""
     cfg = sweep.config({k: row[k] for k in sweep.space})
     header = (f"# From sweep {sweep.name}, trial {row['trial']}: unlearning {row['unlearning']:.4f}, "
               f"FID_pre {row['preservation']:.3f}, score {row['score']:.4f}.\n"
-              f"# Use it with: python -m guide_ray.fleet IDS.csv --generator {sweep.generator} --config {path}\n")
+              f"# Use it with: python -m guide_ray.fleet IDS.csv --generator {sweep.generator} --config {path}\n"
+              + (f"# The trial's unlearned generators: {generators}/ID/checkpoint.safetensors (load_generator("
+                 f"{sweep.generator!r}, checkpoint=...))\n" if generators else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def export_generators(sweep: Sweep, row: dict, folder: Path) -> list[Path]:
+    """The trial's unlearned generator of each identity as FOLDER/ID/checkpoint.safetensors (the
+    project's checkpoint format: ``load_generator(sweep.generator, checkpoint=PATH)``), taken from
+    the trial's final Tune checkpoint."""
+    from ..models import load_generator
+    from ..models.checkpoint import metadata_json, save_trainable
+    from .trainable import read_checkpoint
+
+    if not row.get("checkpoint") or not Path(row["checkpoint"]).is_dir():
+        raise SweepError(f"trial {row['trial']} has no checkpoint to export (looked for {row.get('checkpoint')})")
+    saved = read_checkpoint(row["checkpoint"])
+    if not saved["identities"]:
+        raise SweepError(f"trial {row['trial']}'s checkpoint holds no trained generator")
+    generator = load_generator(sweep.generator, "cpu")
+    names = {n for n, _ in generator.named_parameters()}
+    cfg_hash = config_hash(sweep.config({k: row[k] for k in sweep.space}))
+    paths = []
+    for identity, entry in saved["identities"].items():
+        tensors = entry["state"]["trainable"]
+        if not set(tensors) <= names:
+            raise SweepError(f"trial {row['trial']}: {sorted(set(tensors) - names)[0]} is not a parameter of "
+                             f"{generator.name}")
+        paths.append(save_trainable(folder / identity / "checkpoint.safetensors", tensors, generator.name,
+                                    metadata_json({"identity": identity, "config_hash": cfg_hash, "sweep": sweep.name,
+                                                   "trial": row["trial"], "step": entry["state"]["step"],
+                                                   "status": entry["status"]})))
+    return paths

@@ -1,13 +1,16 @@
-"""The sweep's searcher: Optuna (TPE, or NSGA-II for two objectives) inside Ray Tune."""
+"""The sweep's searcher: Optuna (TPE, or NSGA-II for two objectives) inside Ray Tune, its study in
+memory (saved with the Tune experiment) or in the sweep's ``optuna_storage`` database."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .spec import Sweep
 
 
-def searcher(sweep: Sweep):
+def searcher(sweep: Sweep, study_name: str):
+    """The searcher; ``study_name`` names its study in ``sweep.optuna_storage`` (the sweep's key)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -39,4 +42,13 @@ def searcher(sweep: Sweep):
                   file=sys.stderr)
     metric = sweep.objectives if multi else sweep.objectives[0]
     mode = ["min"] * len(sweep.objectives) if multi else "min"
-    return Search(metric=metric, mode=mode, sampler=sampler, points_to_evaluate=points or None, seed=None)
+    storage = None
+    if sweep.optuna_storage:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(sweep.optuna_storage)
+        if url.get_backend_name() == "sqlite":  # the database file's folder must exist
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(sweep.optuna_storage)
+    return Search(metric=metric, mode=mode, sampler=sampler, points_to_evaluate=points or None, seed=None,
+                  storage=storage, study_name=study_name)
