@@ -34,6 +34,35 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _load_generator(generator: str, device, checkpoint: str | None = None, tracking_uri: str | None = None):
+    """load_generator for --generator / --checkpoint, where --generator may also be a generator held
+    in MLflow (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model): its base generator
+    with its checkpoint, downloaded from --tracking-uri (else MLFLOW_TRACKING_URI)."""
+    import tempfile
+
+    from .models import load_generator
+
+    if not generator.startswith(("models:/", "runs:/")):
+        return load_generator(generator, device, checkpoint=checkpoint)
+    if checkpoint:
+        raise ValueError(f"--checkpoint {checkpoint} cannot be combined with --generator {generator}: "
+                         "that registered generator holds its own checkpoint; give one or the other")
+    from .mlflow_model import resolve_generator
+
+    with tempfile.TemporaryDirectory(prefix="guide_ray-generator-") as tmp:
+        found = resolve_generator(generator, tracking_uri, tmp)
+        return load_generator(found.base, device, checkpoint=found.checkpoint)
+
+
+def _checkpoint(checkpoint: str, tracking_uri: str | None, folder: str) -> Path:
+    """--checkpoint as a local file: a path, or a generator URI's checkpoint downloaded into ``folder``."""
+    if not checkpoint.startswith(("models:/", "runs:/")):
+        return Path(checkpoint)
+    from .mlflow_model import resolve_generator
+
+    return resolve_generator(checkpoint, tracking_uri, folder).checkpoint
+
+
 def cmd_weights_list(args) -> int:
     print(f"cache: {weights.cache_dir()} (set ${weights.CACHE_ENV} to move it)")
     bad = 0
@@ -58,9 +87,8 @@ def cmd_sample(args) -> int:
     from tqdm import tqdm
 
     from .images import grid, save_png, to_uint8
-    from .models import load_generator
 
-    gen = load_generator(args.generator, args.device, checkpoint=args.checkpoint)
+    gen = _load_generator(args.generator, args.device, args.checkpoint, args.tracking_uri)
     out = Path(args.out)
     pictures = []
     with torch.no_grad():
@@ -122,7 +150,6 @@ def _config(args):
 def cmd_unlearn(args) -> int:
     from .run.identity import IdentitySpec, run_identity
     from .run.networks import Networks
-    from .models import load_generator
 
     cfg = _config(args)
     spec = IdentitySpec(id=args.id or (Path(args.image).stem if args.image else f"seed{args.seed}"),
@@ -131,7 +158,7 @@ def cmd_unlearn(args) -> int:
     for path in ([spec.image] if spec.image else []) + spec.others:
         if not path.is_file():
             raise ValueError(f"{path}: file not found")
-    generator = load_generator(args.generator, args.device, checkpoint=args.checkpoint)
+    generator = _load_generator(args.generator, args.device, args.checkpoint, args.tracking_uri)
     result = run_identity(generator, spec, cfg, Networks(cfg, generator.device), args.out, loop=args.loop,
                           overwrite=args.overwrite)
     print(f"{spec.id}: {result.status} after {result.steps} steps "
@@ -149,6 +176,7 @@ def cmd_unlearn(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import json
+    import tempfile
 
     import torch
 
@@ -168,7 +196,10 @@ def cmd_evaluate(args) -> int:
     cfg = from_dict(GuideConfig, result["config"])
     if args.fid_samples:
         cfg.evaluation.fid_samples = args.fid_samples
-    g_u = load_generator(result["generator"], args.device, checkpoint=args.checkpoint or run / "checkpoint.safetensors")
+    with tempfile.TemporaryDirectory(prefix="guide_ray-generator-") as tmp:
+        checkpoint = _checkpoint(args.checkpoint, args.tracking_uri, tmp) if args.checkpoint else None
+        g_u = load_generator(result["generator"], args.device,
+                             checkpoint=checkpoint or run / "checkpoint.safetensors")
     g_s = load_generator(result["generator"], args.device)
     latents = torch.load(run / "latents.pt", map_location=g_u.device)
     with torch.no_grad():
@@ -295,13 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=cmd_weights_pull)
 
     ps = sub.add_parser("sample", help="write one PNG per seed and a grid from a generator")
-    ps.add_argument("--generator", default="mobilestylegan-ffhq1024", help="manifest name or path")
+    ps.add_argument("--generator", default="mobilestylegan-ffhq1024",
+                    help="manifest name or path, or a registered unlearned generator: models:/NAME@ALIAS, "
+                    "models:/NAME/VERSION, runs:/RUN_ID/model")
     ps.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-7"), help="e.g. 0-7 or 1,5,9")
     ps.add_argument("--truncation", type=float, default=1.0, metavar="PSI")
     ps.add_argument("--out", required=True)
     ps.add_argument("--batch", type=int, default=4)
     ps.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     ps.add_argument("--checkpoint", help="an unlearned generator's checkpoint.safetensors")
+    ps.add_argument("--tracking-uri", help="the MLflow store of a models:/ or runs:/ --generator (default: "
+                    "MLFLOW_TRACKING_URI)")
     ps.set_defaults(func=cmd_sample)
 
     pi = sub.add_parser("idsim", help="identity similarity of the faces in two photos")
@@ -323,8 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=cmd_fid)
 
     pu = sub.add_parser("unlearn", help="erase one identity from a generator (GUIDE)")
-    pu.add_argument("--generator", required=True, help="manifest name or path")
+    pu.add_argument("--generator", required=True,
+                    help="manifest name or path, or a registered unlearned generator to start from: "
+                    "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model")
     pu.add_argument("--checkpoint", help="start from an unlearned generator's checkpoint.safetensors")
+    pu.add_argument("--tracking-uri", help="the MLflow store of a models:/ or runs:/ --generator (default: "
+                    "MLFLOW_TRACKING_URI)")
     source = pu.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="a photo of the person")
     source.add_argument("--seed", type=int, help="the Random scenario: w_u = mapping(z of SEED)")
@@ -339,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pe = sub.add_parser("evaluate", help="recompute a run's metrics from its checkpoint")
     pe.add_argument("run", metavar="RUN_DIR", help="the --out folder of an unlearn run")
-    pe.add_argument("--checkpoint", help="another checkpoint to evaluate (default: the run's)")
+    pe.add_argument("--checkpoint", help="another checkpoint to evaluate (default: the run's): a "
+                    "checkpoint.safetensors, or a registered generator models:/NAME@ALIAS, models:/NAME/VERSION")
+    pe.add_argument("--tracking-uri", help="the MLflow store of a models:/ or runs:/ --checkpoint (default: "
+                    "MLFLOW_TRACKING_URI)")
     pe.add_argument("--fid-samples", type=int)
     pe.add_argument("--device", default=None)
     pe.set_defaults(func=cmd_evaluate)

@@ -230,18 +230,37 @@ class Tracker:
             history[key] = {m.step: m.value for m in points}
         return history
 
-    def register_generator(self, name: str, run_id: str, tags: dict[str, object]) -> str:
-        """Register the unlearned generator logged in ``run_id`` (its artifacts: checkpoint.safetensors,
-        result.json with the base generator and config hash) as a version of ``name``; return the
-        version. A run already registered under ``name`` keeps its version (a resumed fleet)."""
+    def register_generator(self, name: str, run_id: str, tags: dict[str, object],
+                           checkpoint: str | Path | None = None, base_generator: str | None = None,
+                           start_checkpoint: str | Path | None = None) -> str:
+        """Register the unlearned generator of ``run_id`` as a version of ``name``; return the version.
+        The version is an MLflow Model (pyfunc, guide_ray.mlflow_model) logged into the run as artifact
+        path ``model``: ``checkpoint`` (default: the tag checkpoint_uri) on top of ``base_generator``
+        (default: the tag base_generator), with ``start_checkpoint`` (the generator a fleet started
+        from) merged under it. A run already registered under ``name`` keeps its version (a resumed
+        fleet); a run whose model was logged before a crash is not logged again."""
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        from .mlflow_model import has_model, log_generator_model, model_source
+
         for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             return version.version
         if not self.client.search_registered_models(f"name = '{name}'"):
             self.client.create_registered_model(
                 name, description="Unlearned generators made by guide_ray (GUIDE) from one base generator. "
-                "Each version is a run's checkpoint.safetensors (load it with --checkpoint on top of the base "
-                "generator named in its tags); promote the one you approve with an alias.")
-        source = self.client.get_run(run_id).info.artifact_uri
+                "Each version is an MLflow Model: mlflow.pyfunc.load_model('models:/NAME@ALIAS').predict("
+                "{'seed': [1, 2]}) renders it, `guide-ray sample --generator models:/NAME@ALIAS` too; its "
+                "tags name the identities, the base generator and the metrics. Promote the one you approve "
+                "with an alias.")
+        if not has_model(self.client, run_id):
+            checkpoint = Path(checkpoint or url2pathname(urlparse(str(tags["checkpoint_uri"])).path))
+            result = checkpoint.parent / "result.json"
+            resolution = json.loads(result.read_text()).get("resolution") if result.exists() else None
+            log_generator_model(self.client, run_id, checkpoint, str(base_generator or tags["base_generator"]),
+                                str(tags.get("identities") or "").split(";"), resolution, start_checkpoint,
+                                embed_checkpoint=checkpoint.stat().st_size <= MAX_CHECKPOINT_ARTIFACT_MB * 1e6)
+        source = model_source(self.client, run_id)
         version = self.client.create_model_version(
             name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items() if v is not None},
             await_creation_for=0)

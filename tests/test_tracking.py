@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow.artifacts
+import mlflow.pyfunc
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -115,7 +116,7 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
         for v in mine:
             assert v.tags["all_erased"] == "false"  # registered, but marked: not to be deployed
             run = client.get_run(v.run_id)
-            assert v.source == run.info.artifact_uri
+            assert v.source == run.info.artifact_uri + "/model"  # the MLflow Model logged into the run
             assert v.tags["config_hash"] == key.rsplit("-", 1)[1] and v.tags["mode"] == mode
             assert v.tags["base_generator"] == str(mlflow_fleet["generator"])
             if mode == "parallel":
@@ -133,8 +134,10 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
                                                       dst_path=str(tmp_path / "approved")))
     assert folder == tmp_path / "approved"  # `mlflow artifacts download -u models:/NAME@approved -d approved/`
     generator = load_generator(chosen.tags["base_generator"], "cpu")
-    meta = apply_checkpoint(generator, folder / "checkpoint.safetensors")
+    meta = apply_checkpoint(generator, folder / "artifacts" / "checkpoint.safetensors")
     assert meta["identity"] == "P001" and meta["config_hash"] == chosen.tags["config_hash"]
+    images = mlflow.pyfunc.load_model(f"models:/{name}@approved").predict({"seed": [1, 2]})  # over HTTP too
+    assert images.shape == (2, generator.resolution, generator.resolution, 3) and images.dtype == np.uint8
 
 
 @pytest.mark.slow

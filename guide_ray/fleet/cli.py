@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ids", help="CSV with columns id, image or seed, others (';'-separated photos)")
     p.add_argument("--mode", choices=("parallel", "sequential"), default="parallel")
-    p.add_argument("--generator", default="mobilestylegan-ffhq1024", help="a generator name or path")
+    p.add_argument("--generator", default="mobilestylegan-ffhq1024",
+                   help="a generator name or path, or a registered unlearned generator to start from: "
+                   "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model (from the store of "
+                   "--tracking-uri)")
     p.add_argument("--config", help="YAML config (keys of GuideConfig)")
     p.add_argument("--preset", help="a Table 1 row: baseline, extrapolated, adjacency, guide")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -52,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
-    write_json(out / "fleet.json", {"mode": mode, "generator": generator, "config": to_dict(cfg),
-                                    "ids": str(Path(args.ids).resolve())})
     try:
         fleet = Fleet(specs, cfg, generator, mode, out, args.tracking_uri, args.workers, args.gpus_per_worker,
                       show_progress=not args.no_progress, ray_address=args.ray_address)
+        # a generator URI is saved with its alias pinned (models:/NAME/VERSION): --resume starts from the same one
+        write_json(out / "fleet.json", {"mode": mode, "generator": fleet.start["pinned"] if fleet.start else generator,
+                                        "config": to_dict(cfg), "ids": str(Path(args.ids).resolve())})
         return fleet.run()
     except FleetError as e:
         print(f"error: {e}", file=sys.stderr)

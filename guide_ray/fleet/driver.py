@@ -4,7 +4,9 @@ result in the ledger and MLflow, registers the unlearned generators."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -34,21 +36,30 @@ class Fleet:
                  ray_address: str | None = None):
         from ..tracking import Tracker, model_name, resolve_uri
 
-        self.specs, self.cfg, self.generator, self.mode = specs, cfg, generator, mode
+        self.specs, self.cfg, self.mode = specs, cfg, mode
         self.out = Path(out).resolve()
         self.cfg_hash = config_hash(cfg)
-        self.fleet_key = f"{mode}-{Path(generator).name}-{self.cfg_hash}"
+        uri = resolve_uri(tracking_uri, self.out)
+        # A generator held in MLflow (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model): its base
+        # generator and its checkpoint, downloaded here before Ray starts; the workers load both. The fleet
+        # key carries the checkpoint's digest (the starting weights exactly, whichever URI named them); its
+        # versions go to the base generator's registered model, tagged start_generator.
+        self.generator, self.checkpoint, self.start = _start_generator(generator, uri, self.out)
+        start_key = f"+{self.start['checkpoint_sha256'][:8]}" if self.start else ""
+        self.fleet_key = f"{mode}-{Path(self.generator).name}{start_key}-{self.cfg_hash}"
         self.runs = self.out / "runs" / self.fleet_key
         self.ledger = Ledger(self.out / "ledger.parquet")
-        self.tracker = Tracker(resolve_uri(tracking_uri, self.out), self.out / "mlartifacts")
-        self.model_name = model_name(generator)
+        self.tracker = Tracker(uri, self.out / "mlartifacts")
+        self.model_name = model_name(self.generator)
         self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
         self.ray_address = ray_address
-        self._run_tags = {"mode": mode, "generator": Path(generator).name}  # on each identity's MLflow run
+        start_tags = {"start_generator": self.start["pinned"]} if self.start else {}
+        self._run_tags = {"mode": mode, "generator": Path(self.generator).name, **start_tags}  # each identity's run
         self.parent = self.tracker.parent_run(
             "fleet", self.fleet_key, f"fleet {mode} {self.fleet_key}",
-            {"mode": mode, "generator": generator, "identities": len(specs), "config": to_dict(cfg)},
-            {"mode": mode, "generator": Path(generator).name})
+            {"mode": mode, "generator": self.generator, "identities": len(specs), "config": to_dict(cfg),
+             **({"start_generator": self.start} if self.start else {})},
+            {"mode": mode, "generator": Path(self.generator).name, **start_tags})
 
     def _actors(self, count: int):
         import ray
@@ -64,7 +75,7 @@ class Fleet:
             options = {"num_cpus": threads}
         remote = ray.remote(max_restarts=-1, max_task_retries=2)(IdentityWorker)
         actors = [remote.options(**options, runtime_env=worker_env()).remote(
-            self.generator, to_dict(self.cfg), None, threads) for _ in range(count)]
+            self.generator, to_dict(self.cfg), None, threads, self.checkpoint) for _ in range(count)]
         try:
             ray.get([a.ready.remote() for a in actors])
         except ray.exceptions.RayActorError as e:
@@ -94,8 +105,11 @@ class Fleet:
                 "mode": self.mode, "base_generator": self.generator, "checkpoint_uri": row["checkpoint_uri"],
                 "verdicts": ";".join(f"{i}={verdicts.get(i)}" for i in identities),
                 "all_erased": str(all(verdicts.get(i) == "erased" for i in identities)).lower(),
+                **({"start_generator": self.start["pinned"], "start_uri": self.start["uri"]} if self.start else {}),
                 **metrics}
-        self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags)
+        self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags,
+                                        checkpoint=Path(row["run_dir"]) / "checkpoint.safetensors",
+                                        base_generator=self.generator, start_checkpoint=self.checkpoint)
 
     def _register_finished(self, rows: dict[str, dict], ok: bool, earlier: list[str]) -> None:
         """parallel: the generators of the identities an earlier run of this fleet finished (a crash
@@ -219,6 +233,28 @@ class Fleet:
                 write_json(self.runs / "final.json", {"checkpoint": start_from, "after": spec.id, "step": step,
                                                       "erosion": erosion})
             note(row)
+
+
+def _start_generator(generator: str, tracking_uri: str, out: Path) -> tuple[str, str | None, dict | None]:
+    """(base generator, local checkpoint, what the fleet starts from) of ``--generator``: a name or a
+    path as it is; a generator URI downloaded into OUT/start/ (the workers read it there), with an
+    alias pinned to its version."""
+    from ..mlflow_model import ModelUriError, is_model_uri, resolve_generator, sha256
+
+    if not is_model_uri(generator):
+        return generator, None, None
+    (out / "start").mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=out / "start") as tmp:
+            found = resolve_generator(generator, tracking_uri, Path(tmp) / "model")
+            sha = sha256(found.checkpoint)
+            local = out / "start" / f"{sha[:16]}.safetensors"
+            if not local.exists():
+                shutil.copyfile(found.checkpoint, local)
+    except ModelUriError as e:
+        raise FleetError(f"--generator {e}") from None
+    return found.base, str(local), {"uri": generator, "pinned": found.pinned, "base": found.base,
+                                    "checkpoint_sha256": sha, "identities": found.reference.get("identities")}
 
 
 def spec_dict(spec: IdentitySpec) -> dict:

@@ -68,7 +68,11 @@ class LiveMetrics:
 class IdentityWorker:
     """Holds a generator, its pristine copy and the frozen networks; unlearns one identity per call."""
 
-    def __init__(self, generator: str, cfg: dict, device: str | None = None, threads: int | None = None):
+    def __init__(self, generator: str, cfg: dict, device: str | None = None, threads: int | None = None,
+                 checkpoint: str | None = None):
+        """``checkpoint``: an unlearned generator's checkpoint.safetensors applied to ``generator`` (a
+        fleet started from a registered version): the generator the identities are erased from, and
+        the pristine copy they are measured against."""
         import torch
 
         from ..models import load_generator
@@ -77,7 +81,7 @@ class IdentityWorker:
         if threads:
             torch.set_num_threads(threads)
         self.cfg = from_dict(GuideConfig, cfg)
-        self.generator = load_generator(generator, device)
+        self.generator = load_generator(generator, device, checkpoint=checkpoint)
         self.original = copy.deepcopy(self.generator).requires_grad_(False)
         self.nets = Networks(self.cfg, self.generator.device)
 
