@@ -32,10 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NamedTuple
 
-# MLflow 3 sends usage telemetry to the internet unless told not to; guide_ray works offline.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-import mlflow.pyfunc  # noqa: E402
+import mlflow.pyfunc
 
 MODEL_PATH = "model"  # the artifact path of the MLflow Model in an identity's run
 CHECKPOINT = "checkpoint"  # the pyfunc artifacts' names

@@ -32,7 +32,7 @@ from guide_ray.config import apply_override, load_config
 from guide_ray.models import GENERATORS
 from guide_ray.ray_session import worker_env
 from guide_ray.run.ids import read_ids
-from tests.conftest import NETS, free_port, require_weights
+from tests.helpers import NETS, free_port, require_weights
 from tests.test_fleet import check_records, ledger_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -77,7 +77,7 @@ def check_records(out: Path, ids: list[str], mode: str) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp_path):
-    people = ["P001", "P002"]
+    people = ["P001"]  # one photo and two seeds: both kinds of identity, and an order for sequential mode
     ids = write_csv(tmp_path / "ids.csv", [f"{p},{PORTRAIT.format(p)},," for p in people] + ["s1,,1,", "s2,,2,"])
     out = tmp_path / "out"
     for mode in ("parallel", "sequential"):
@@ -87,13 +87,13 @@ def test_fleet_in_both_modes_through_ray_job_submit(cluster, tiny_generator, tmp
         # no photo: nothing is erased, so the job fails with the fleet's NOT_ALL_ERASED status.
         logs = done.stdout + done.stderr
         assert done.returncode != 0 and "ledger: " in logs, logs[-4000:]
-        assert "verdicts: 2 face_destroyed, 2 not_represented of 4 identities" in logs, logs[-4000:]
+        assert "verdicts: 2 face_destroyed, 1 not_represented of 3 identities" in logs, logs[-4000:]
         rows = check_records(out, people + ["s1", "s2"], mode)
         assert {i: r["verdict"] for i, r in rows.items()} == {
-            "P001": "not_represented", "P002": "not_represented", "s1": "face_destroyed", "s2": "face_destroyed"}
+            "P001": "not_represented", "s1": "face_destroyed", "s2": "face_destroyed"}
     # sequential: after the last step every identity's ID was re-measured on the final generator
     assert all(r["id_now_after"] == "s2" and math.isfinite(r["id_now"]) for r in rows.values())
-    assert [rows[i]["step"] for i in people + ["s1", "s2"]] == [0, 1, 2, 3]
+    assert [rows[i]["step"] for i in people + ["s1", "s2"]] == [0, 1, 2]
 
 
 @pytest.mark.slow

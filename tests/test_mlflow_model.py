@@ -27,6 +27,8 @@ from guide_ray.run.ids import read_ids
 from guide_ray.tracking import model_name
 from tests.helpers import NETS, require_weights
 
+pytestmark = pytest.mark.slow  # one shared fleet, ~1 minute on 2 cores
+
 # a few iterations at a high learning rate: the unlearned generator draws visibly other images
 # (and none of the evaluation the verdict does not need here: re-inversion, random face samples, the ID level)
 QUICK = ["iterations=2", "checkpoint_every=2", "lr=0.01", "evaluation.fid_samples=8", "evaluation.fid_batch=8",
