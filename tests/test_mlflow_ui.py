@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from guide_ray.results import RunResult
 from guide_ray.tracking import Tracker, resolve_uri
 from tests.browser import artifacts_dir, chromium, require_chromium, screenshot, text_xpath, wait
 from tests.helpers import fetch, free_port, stop_process_group, wait_for
@@ -78,7 +79,7 @@ def test_make_ui_serves_a_fleet_store(tmp_path, monkeypatch):
     run_dir = tmp_path / "P001"
     run_dir.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 96, 3), dtype=np.uint8)).save(run_dir / "grid.png")
-    run_id = tracker.identity_run(parent, "parallel-g-0123", {"id": "P001", "status": "finished"}, run_dir, {})
+    run_id = tracker.identity_run(parent, "parallel-g-0123", RunResult("P001", "finished"), run_dir, {})
 
     make = ["make", "-C", str(REPO), "-o", ".venv/.installed", f"BIN={Path(sys.executable).parent}"]
     missing = subprocess.run([*make, "ui", f"OUT={tmp_path / 'none'}"], capture_output=True, text=True, timeout=60)
