@@ -51,6 +51,7 @@ def net(request):
     return load_identity_net(request.param, "cpu")
 
 
+@pytest.mark.slow
 def test_verification_on_openpeople(net, faces):
     with torch.no_grad():
         emb = torch.cat([net.embed_photo(image, face) for _, image, face in faces])
@@ -122,6 +123,7 @@ def test_crop_boxes_are_what_the_conventions_give_on_aligned_faces(faces):
     assert x0 < HOG_BOX[0] and y0 < HOG_BOX[1] - 0.05 and x1 > HOG_BOX[2]
 
 
+@pytest.mark.slow
 def test_dcgan_frame_in_the_ffhq_frame():
     """DCGAN's declared ffhq_box: where the FFHQ recipe puts its frame, measured on its samples."""
     require_weights("dcgan-digiface64")
