@@ -83,22 +83,20 @@ def cmd_weights_pull(args) -> int:
 
 def cmd_sample(args) -> int:
     import numpy as np
-    import torch
     from tqdm import tqdm
 
-    from .images import grid, save_png, to_uint8
+    from .images import grid, save_png
+    from .models.generator import render_seeds
 
     gen = _load_generator(args.generator, args.device, args.checkpoint, args.tracking_uri)
     out = Path(args.out)
     pictures = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(args.seeds), args.batch), desc=f"sampling {gen.name}", unit="batch"):
-            seeds = args.seeds[start:start + args.batch]
-            z = torch.cat([gen.z_from_seed(s) for s in seeds])
-            imgs = to_uint8(gen(z, truncation_psi=args.truncation))
-            for seed, im in zip(seeds, imgs):
-                save_png(im, out / f"seed{seed:04d}.png")
-            pictures.append(imgs)
+    for start in tqdm(range(0, len(args.seeds), args.batch), desc=f"sampling {gen.name}", unit="batch"):
+        seeds = args.seeds[start:start + args.batch]
+        imgs = render_seeds(gen, seeds, args.truncation, args.batch)
+        for seed, im in zip(seeds, imgs):
+            save_png(im, out / f"seed{seed:04d}.png")
+        pictures.append(imgs)
     save_png(grid(np.concatenate(pictures)), out / "grid.png")
     print(f"wrote {len(args.seeds)} images and grid.png to {out.resolve()}")
     return 0

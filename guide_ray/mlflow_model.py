@@ -34,11 +34,12 @@ from typing import NamedTuple
 
 import mlflow.pyfunc
 
+from .models.generator import render_seeds
+
 MODEL_PATH = "model"  # the artifact path of the MLflow Model in an identity's run
 CHECKPOINT = "checkpoint"  # the pyfunc artifacts' names
 REFERENCE = "base_generator"
 REFERENCE_FORMAT = "guide_ray.base_generator/1"
-SAMPLE_BATCH = 4  # seeds per forward pass, as `guide-ray sample`'s default --batch
 # What the model needs at load time, pinned to what is installed (no inference, nothing looked up online).
 REQUIREMENTS = ("guide_ray", "mlflow", "torch", "numpy", "pandas", "safetensors")
 
@@ -83,24 +84,6 @@ def seeds_of(model_input) -> list[int]:
             raise ValueError(f"a seed is a non-negative integer, not {v!r}")
         seeds.append(int(v))
     return seeds
-
-
-def render_seeds(generator, seeds: list[int], truncation: float = 1.0, batch: int = SAMPLE_BATCH):
-    """uint8 images [N, H, W, 3] of ``seeds``: as ``guide-ray sample`` draws them (z_from_seed,
-    ``batch`` seeds per forward pass, to_uint8)."""
-    import numpy as np
-    import torch
-
-    from .images import to_uint8
-
-    pictures = []
-    with torch.no_grad():
-        for start in range(0, len(seeds), batch):
-            z = torch.cat([generator.z_from_seed(s) for s in seeds[start:start + batch]])
-            pictures.append(to_uint8(generator(z, truncation_psi=truncation)))
-    if not pictures:
-        return np.zeros((0, generator.resolution, generator.resolution, 3), np.uint8)
-    return np.concatenate(pictures)
 
 
 def base_spec(reference: dict) -> str:

@@ -91,17 +91,27 @@ class Tracker:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=items[i:i + _BATCH])
 
+    def _identity_runs(self, fleet_key: str, identity: str) -> tuple[str | None, str | None]:
+        """The identity's finished run, else its live (RUNNING) one; any other is a half-logged run
+        from a crash, deleted so that it is logged again."""
+        live = None
+        for run in self._find({"fleet_key": fleet_key, "identity": identity, "kind": "identity"}):
+            if run.info.status == "FINISHED":
+                return run.info.run_id, None
+            if run.info.status == "RUNNING" and live is None:
+                live = run.info.run_id
+            else:
+                self.client.delete_run(run.info.run_id)
+        return None, live
+
     def live_identity_run(self, parent_id: str, fleet_key: str, identity: str, config: dict,
                           tags: dict[str, str]) -> str | None:
         """The identity's run, opened by its worker as it starts (RUNNING, tag status 'running') so that
         its losses show while it trains; a retried attempt reuses the run the first one opened. None
         when the identity's run is already finished."""
-        for run in self._find({"fleet_key": fleet_key, "identity": identity, "kind": "identity"}):
-            if run.info.status == "FINISHED":
-                return None
-            if run.info.status == "RUNNING":
-                return run.info.run_id
-            self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
+        finished, live = self._identity_runs(fleet_key, identity)
+        if finished or live:
+            return None if finished else live
         run = self.client.create_run(self.experiment_id, run_name=identity,
                                      tags={"mlflow.parentRunId": parent_id, "fleet_key": fleet_key,
                                            "identity": identity, "kind": "identity", "status": "running", **tags})
@@ -120,14 +130,9 @@ class Tracker:
         """One nested run per identity with its config, metrics, loss curves and files (idempotent).
         The run its worker opened (``live_identity_run``, which logged the losses) is completed."""
         identity = result.identity
-        live = None
-        for run in self._find({"fleet_key": fleet_key, "identity": identity, "kind": "identity"}):
-            if run.info.status == "FINISHED":
-                return run.info.run_id
-            if run.info.status == "RUNNING" and live is None:
-                live = run.info.run_id
-            else:
-                self.client.delete_run(run.info.run_id)  # a half-logged run from a crash: log it again
+        finished, live = self._identity_runs(fleet_key, identity)
+        if finished:
+            return finished
         failed = not result.finished
         outcome = {"status": result.status, **tags,
                    **({"verdict": result.verdict, "represented": str(result.verdict_detail["represented"]).lower(),

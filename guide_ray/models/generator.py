@@ -156,3 +156,16 @@ class GeneratorBase(nn.Module):
 
     def forward(self, z, c=None, truncation_psi: float = 1.0):
         return self.synthesis(self.mapping(z, c, truncation_psi), c)
+
+
+@torch.no_grad()
+def render_seeds(generator, seeds: list[int], truncation: float = 1.0, batch: int = 4) -> np.ndarray:
+    """uint8 images [N, H, W, 3] of ``seeds`` (z_from_seed, ``batch`` seeds per forward pass): what
+    ``guide-ray sample`` writes and an unlearned generator's MLflow Model returns."""
+    from ..images import to_uint8
+
+    pictures = [to_uint8(generator(torch.cat([generator.z_from_seed(s) for s in seeds[i:i + batch]]),
+                                   truncation_psi=truncation)) for i in range(0, len(seeds), batch)]
+    if not pictures:
+        return np.zeros((0, generator.resolution, generator.resolution, 3), np.uint8)
+    return np.concatenate(pictures)
