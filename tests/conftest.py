@@ -10,7 +10,7 @@ import torch
 
 from guide_ray import weights
 from guide_ray.models.dcgan import _dcgan_net
-from tests.helpers import NETS, fetch, free_port, require_weights, stop_process_group, wait_for
+from tests.helpers import NETS, TINY, fetch, free_port, require_weights, sets, stop_process_group, submit_fleet, wait_for
 
 @pytest.fixture(scope="session")
 def mobilestylegan():
@@ -59,15 +59,13 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlflow_fleet(tmp_path_factory, tiny_generator):
+def mlflow_fleet(tmp_path_factory, tiny_generator, cluster):
     """A real `mlflow server` started by tracking/server.sh on loopback (SQLite, artifacts served over
-    HTTP) and two fleets that logged to it with --tracking-uri http://127.0.0.1:PORT: identities P001
-    (a photo and one other photo) and s1 (a seed) on the tiny generator, in parallel mode then in
-    sequential mode, on one embedded Ray. Yields the tracking URI, the experiment, the fleets' out
-    dir, the generator, the fleets' CLI arguments and the server's folder."""
-    import ray
-
-    from guide_ray import fleet
+    HTTP) and two fleets submitted with `ray job submit` to the `cluster` head that logged to it with
+    --tracking-uri http://127.0.0.1:PORT: identities P001 (a photo and one other photo) and s1 (a
+    seed) on the tiny generator, in parallel mode then in sequential mode. Yields the tracking URI,
+    the experiment, the fleets' out dir, the generator, the fleets' CLI arguments, the server's
+    folder and each mode's finished job (its exit status and output)."""
     from guide_ray.tracking import EXPERIMENT
 
     require_weights(*NETS)
@@ -86,17 +84,10 @@ def mlflow_fleet(tmp_path_factory, tiny_generator):
         ids.write_text(f"id,image,seed,others\nP001,{photo.format('studio_portrait')},,{photo.format('studio_posture')}"
                        "\ns1,,1,\n")
         out = root / "out"
-        quick = ["iterations=4", "checkpoint_every=2", "evaluation.fid_samples=16", "evaluation.fid_batch=8",
-                 "inversion.steps=4", "latent_pool=4", "evaluation.face_samples=0"]  # the tiny generator draws no faces
         args = [str(ids), "--generator", str(tiny_generator), "--out", str(out), "--tracking-uri", uri,
-                "--no-progress", *[a for s in quick for a in ("--set", s)]]
-        ray.init(address="local", include_dashboard=False)  # one Ray for both fleets (they reuse a running one)
-        try:
-            for mode in ("parallel", "sequential"):  # the tiny random generator draws no face: nothing is erased
-                assert fleet.main([*args, "--mode", mode]) == fleet.NOT_ALL_ERASED, mode
-        finally:
-            ray.shutdown()
+                "--no-progress", *sets([*TINY, "iterations=4"])]
+        jobs = {mode: submit_fleet(cluster, [*args, "--mode", mode]) for mode in ("parallel", "sequential")}
         yield {"uri": uri, "experiment": EXPERIMENT, "out": out, "generator": tiny_generator, "args": args,
-               "server_dir": root / "store"}
+               "server_dir": root / "store", "jobs": jobs}
     finally:
         stop_process_group(server)

@@ -5,12 +5,26 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from guide_ray import weights
 
+REPO = Path(__file__).resolve().parents[1]
 NETS = ("stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "fid-inception", "openpeople", "dlib-mmod")
+# Config overrides for runs on the tiny random generator (conftest's tiny_generator), which draws no
+# face: a few steps on small pools, FID on one batch of 8, and none of the face checks of images it
+# cannot draw (random face samples, the UFO target's check) nor the measurement of FaceNet's
+# different-person level (given: 0.232). Tests of those are in test_verdict.py and test_method.py.
+TINY = ["iterations=6", "checkpoint_every=2", "evaluation.fid_samples=8", "evaluation.fid_batch=8",
+        "inversion.steps=4", "latent_pool=4", "evaluation.face_samples=0", "target_face_check=false",
+        "evaluation.id_threshold=0.232"]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    """``--set`` arguments for a command line."""
+    return [a for s in overrides for a in ("--set", s)]
 
 
 def require_weights(*names: str) -> None:
@@ -56,3 +70,16 @@ def fetch(url: str) -> bytes | None:
             return r.read()
     except OSError:
         return None
+
+
+def submit_fleet(cluster: dict, args: list[str], wait: bool = True) -> subprocess.CompletedProcess | str:
+    """`ray job submit --working-dir REPO -- python -m guide_ray.fleet ARGS` to the conftest ``cluster``
+    head, waiting for the job's end; with ``wait=False`` the job submitted by the SDK, its id returned."""
+    if not wait:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(cluster["jobs"]).submit_job(
+            entrypoint=" ".join(["python", "-m", "guide_ray.fleet", *args]), runtime_env={"working_dir": str(REPO)})
+    cmd = [cluster["ray"], "job", "submit", "--address", cluster["jobs"], "--working-dir", str(REPO)]
+    return subprocess.run(cmd + ["--", "python", "-m", "guide_ray.fleet", *args], env=cluster["env"],
+                          capture_output=True, text=True, timeout=900)

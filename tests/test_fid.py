@@ -161,6 +161,10 @@ def test_frechet_distance_matches_scipy_sqrtm(n):
     root = scipy.linalg.sqrtm(s1 @ s2)
     reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root.real)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-7)
+    # from features: n = 9 < 16 factors sigma by the centred samples themselves, n = 200 by eigh
+    a, b = FeatureStats.from_features(x), FeatureStats.from_features(y)
+    assert a.fid(b) == pytest.approx(reference, rel=1e-7) and abs(a.fid(a)) < 1e-9
+    assert a.fid(FeatureStats(a.mu, a.sigma, a.n)) == pytest.approx(0, abs=1e-7)  # the two factors agree
 
 
 def test_official_guides_feature_npy_gives_its_statistics(tmp_path):

@@ -1,7 +1,7 @@
 """Sweeps with real Ray Tune, Optuna and ASHA on a tiny generator: trials run and some stop early,
 MLflow holds every trial with every report, the Pareto file lists exactly the non-dominated trials,
 a sweep interrupted mid-trial resumes that trial from its checkpoint without rerunning finished
-ones, the exported generators are the trial's and its YAML runs in the fleet, the sweep runs
+ones, the exported generators are the trial's and its YAML is its config, the sweep runs
 through `ray job submit`, the Optuna study can live in a database file; and sweeps that cannot run
 are refused before Ray starts."""
 
@@ -19,7 +19,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from guide_ray import fleet, sweep
+from guide_ray import sweep
+from guide_ray.config import config_hash, load_config
 from guide_ray.core.evaluate import identity_similarity
 from guide_ray.core.inversion import random_source
 from guide_ray.models import load_generator, load_identity_net
@@ -35,8 +36,9 @@ QUICK_BASE = "iterations: 8\ncheckpoint_every: 4\nlatent_pool: 4\ninversion: {st
 # every image a face (dlib-mmod scores -1 when it finds none) and any ID below 1 erased (lr from 1e-3:
 # at 1e-4 the tiny generator barely moves and its ID rounds to 1.0000001). The verdict's own tests
 # are in test_verdict.py; the Pareto front's exclusion of un-erased trials in test_tracking.py.
-QUICK_SET = {"evaluation.fid_samples": 16, "evaluation.fid_batch": 8, "evaluation.reinversion": False,
-             "evaluation.face_threshold": -2.0, "evaluation.id_threshold": 1.0, "evaluation.face_samples": 0}
+QUICK_SET = {"evaluation.fid_samples": 8, "evaluation.fid_batch": 8, "evaluation.reinversion": False,
+             "evaluation.face_threshold": -2.0, "evaluation.id_threshold": 1.0, "evaluation.face_samples": 0,
+             "target_face_check": False}
 
 
 def write_sweep(folder: Path, generator: Path, **changes) -> Path:
@@ -91,7 +93,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.weights
-def test_sweep_interrupted_mid_trial_resumed_pareto_mlflow_and_export_to_fleet(tiny_generator, tmp_path):
+def test_sweep_interrupted_mid_trial_resumed_pareto_mlflow_and_export(tiny_generator, tmp_path):
     require_weights(*NETS)
     config = write_sweep(tmp_path, tiny_generator)
     out = tmp_path / "out"
@@ -200,7 +202,7 @@ def test_sweep_interrupted_mid_trial_resumed_pareto_mlflow_and_export_to_fleet(t
     assert sweep.main(["--config", str(other), "--out", str(out)]) == 2
 
     # 3. The exported configuration is the front's lowest score; its generators, taken from the trial's
-    #    final checkpoint, are what the trial evaluated (they reproduce its ID), and the fleet runs the YAML.
+    #    final checkpoint, are what the trial evaluated (they reproduce its ID), and the YAML is its config.
     best = min((r for r in complete if r["trial"] in front), key=lambda r: float(r["score"]))
     cfg = yaml.safe_load(exported.read_text())
     assert cfg["d"] == pytest.approx(float(best["d"])) and cfg["lr"] == pytest.approx(float(best["lr"]))
@@ -220,10 +222,8 @@ def test_sweep_interrupted_mid_trial_resumed_pareto_mlflow_and_export_to_fleet(t
             assert id_now == pytest.approx(runs[best["trial"]].data.metrics[f"id_{identity}"], abs=1e-7)
     finally:
         torch.set_num_threads(threads)
-    ids = tmp_path / "fleet.csv"
-    ids.write_text("id,image,seed,others\ns3,,3,\n")
-    assert fleet.main([str(ids), "--generator", str(tiny_generator), "--config", str(exported), "--out",
-                       str(tmp_path / "fleet"), "--ray-address", "local", "--no-progress"]) == 0  # s3 erased again
+    # the exported file, read as the fleet reads --config, is exactly the configuration the trial ran
+    assert config_hash(load_config(exported)) == meta["config_hash"]
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_a_failed_face_detector_is_named_in_the_verdict():
 
 # --- with the real networks -------------------------------------------------------------------
 
-QUICK = ["evaluation.fid_samples=16", "evaluation.fid_batch=8", "evaluation.reinversion=false", "inversion.steps=4",
+QUICK = ["evaluation.fid_samples=8", "evaluation.fid_batch=8", "evaluation.reinversion=false", "inversion.steps=4",
          "iterations=2", "latent_pool=4", "checkpoint_every=2"]
 
 

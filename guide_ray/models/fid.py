@@ -167,7 +167,12 @@ class FeatureStats:
         feats = np.asarray(feats, np.float64)
         if feats.ndim != 2 or len(feats) < 2:
             raise ValueError(f"need at least 2 feature vectors as an [N, D] array, got shape {feats.shape}")
-        return cls(mu=feats.mean(axis=0), sigma=np.cov(feats, rowvar=False), n=len(feats))
+        stats = cls(mu=feats.mean(axis=0), sigma=np.cov(feats, rowvar=False), n=len(feats))
+        if len(feats) <= feats.shape[1]:
+            # Fewer samples than dimensions (a CPU run's 500 vs 2048): the centred features scaled by
+            # 1/sqrt(N-1) are an exact factor of sigma (FᵀF = np.cov), N rows instead of a D x D eigh.
+            stats.__dict__["_factor"] = (feats - stats.mu) / np.sqrt(len(feats) - 1)
+        return stats
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename) to exactly ``path``."""
@@ -194,7 +199,7 @@ class FeatureStats:
             return cls(mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), n=int(z["n"]))
 
     @cached_property
-    def _factor(self) -> np.ndarray:
+    def _factor(self) -> np.ndarray:  # set by from_features when N <= D
         return _psd_factor(self.sigma)
 
     def fid(self, other: FeatureStats) -> float:
