@@ -110,6 +110,9 @@ class GuideConfig:
     # step) whose frozen-generator outputs are computed once; 0 draws fresh latents every step
     # (the official code) at a higher cost. Memory: 2 x pool x (perceptual features of one image).
     latent_pool: int = 64
+    # Joint unlearning (the fleet's --mode joint, core/joint.py): the identities each step trains on,
+    # round robin over all; 0: all of them (rounded down to a multiple of the workers).
+    identities_per_step: int = 0
     id_loss_net: str = "dlib-resnet34"
     id_metric_net: str = "facenet-vggface2"
     perceptual_net: str = "stlpips-vgg"
@@ -274,6 +277,8 @@ def validate(cfg: GuideConfig) -> None:
             raise ConfigError(f"{name} must be at least 16 (or null: the generator's own), got {value}")
     if cfg.latent_pool < 0:
         raise ConfigError(f"latent_pool must be >= 0, got {cfg.latent_pool}")
+    if cfg.identities_per_step < 0:
+        raise ConfigError(f"identities_per_step must be >= 0 (0: all identities), got {cfg.identities_per_step}")
     if not (cfg.use_local or cfg.use_adjacency or cfg.use_global):
         raise ConfigError("at least one of use_local, use_adjacency, use_global must be true")
 

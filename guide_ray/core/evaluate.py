@@ -83,12 +83,23 @@ class FidResult:
 
 
 def fid_scores(g_s, g_u, inception: InceptionFeatures, samples: int, seed: int, batch: int,
-               real: FeatureStats | None = None, g_s_stats: FeatureStats | None = None) -> FidResult:
-    """FID_pre and (when real statistics are given) ΔFID_real. ``g_s_stats`` reuses G_s's."""
+               real: FeatureStats | None = None, g_s_stats: FeatureStats | None = None,
+               g_u_stats: FeatureStats | None = None) -> FidResult:
+    """FID_pre and (when real statistics are given) ΔFID_real. ``g_s_stats``, ``g_u_stats`` reuse G_s's, G_u's."""
     before = g_s_stats or generator_stats(g_s, inception, samples, seed, batch)
-    after = generator_stats(g_u, inception, samples, seed, batch)
+    after = g_u_stats or generator_stats(g_u, inception, samples, seed, batch)
     delta = after.fid(real) - before.fid(real) if real is not None else None
     return FidResult(fid_pre=before.fid(after), delta_fid_real=delta, samples=samples)
+
+
+def latest(nets, slot: str, key: tuple, compute):
+    """``compute()``, or its value kept in ``nets.fid_cache[slot]`` when computed last for ``key``: one
+    slot, so that identities evaluated on one G_u (a joint fleet's) measure it once, and a worker
+    that evaluates one G_u after another keeps no more than the latest."""
+    kept = nets.fid_cache.get(slot)
+    if kept is None or kept[0] != key:
+        kept = nets.fid_cache[slot] = (key, compute())
+    return kept[1]
 
 
 def face_scores(nets, generator, ws: torch.Tensor) -> tuple[list[float], str | None]:
@@ -150,7 +161,8 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         before, error_before = nets.fid_cache.get(face_key) or face_scores(nets, g_s, ws)
         if error_before is None:
             nets.fid_cache[face_key] = before, None
-        samples_after, error_after = face_scores(nets, g_u, ws)
+        samples_after, error_after = latest(nets, "faces_g_u", (generator_fingerprint(g_u), *face_key[1:]),
+                                            lambda: face_scores(nets, g_u, ws))
         errors += [error_before, error_after]
         faces = [i for i, v in enumerate(before) if nets.faces.is_face(v)]
         metrics["face_samples_before"], metrics["face_samples_after"] = before, samples_after
@@ -167,6 +179,8 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         if ("real", ev.real_stats) not in nets.fid_cache:
             nets.fid_cache[("real", ev.real_stats)] = FeatureStats.load(ev.real_stats)
         real = nets.fid_cache[("real", ev.real_stats)]
-    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key])
+    g_u_stats = latest(nets, "stats_g_u", (generator_fingerprint(g_u), samples, ev.fid_seed),
+                       lambda: generator_stats(g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch))
+    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key], g_u_stats)
     metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
     return Metrics(**metrics)

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m guide_ray.fleet", description=sys.modules[__package__].__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ids", help="CSV with columns id, image or seed, others (';'-separated photos)")
-    p.add_argument("--mode", choices=("parallel", "sequential"), default="parallel")
+    p.add_argument("--mode", choices=("parallel", "sequential", "joint"), default="parallel",
+                   help="parallel: one generator per identity; sequential: one generator, one identity after "
+                   "another; joint: one generator, every identity at once on Ray Train workers")
     p.add_argument("--generator", default="mobilestylegan-ffhq1024",
                    help="a generator name or path, or a registered unlearned generator to start from: "
                    "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model (from the store of "
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML config (keys of GuideConfig)")
     p.add_argument("--preset", help="a Table 1 row: baseline, extrapolated, adjacency, guide")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--workers", type=int, default=0, help="actors (parallel mode); default: one per GPU, else 1")
+    p.add_argument("--workers", type=int, default=0, help="actors (parallel mode) or Ray Train workers (joint "
+                   "mode); default: one per GPU, else 1")
     p.add_argument("--gpus-per-worker", type=float, default=1.0)
     p.add_argument("--out", default="outputs/fleet", help="ledger, runs and the default MLflow store")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "

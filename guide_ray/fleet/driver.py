@@ -18,6 +18,7 @@ from ..results import SCALARS, RunResult
 from ..run.files import write_json
 from ..run.identity import IdentitySpec
 from .ledger import Ledger, ledger_row
+from ..run.joint import JOINT
 from .report import erosion_metrics, fmt, summary_table
 from .worker import IdentityWorker
 
@@ -118,6 +119,16 @@ class Fleet:
         if self.mode == "parallel":
             for ident in earlier:
                 self._register(rows[ident], [ident], _scalars(rows[ident]), {ident: rows[ident].get("verdict")})
+        elif ok and self.mode == "joint":  # one generator for all, its model logged into the fleet's run
+            checkpoint = self.runs / JOINT / "checkpoint.safetensors"
+            joint = json.loads((self.runs / JOINT / "joint.json").read_text())
+            row = {"mlflow_run_id": self.parent, "run_dir": str(checkpoint.parent),
+                   "checkpoint_uri": checkpoint.resolve().as_uri()}
+            fid = [r["fid_pre"] for r in rows.values() if r.get("fid_pre") is not None]
+            metrics = {"fid_pre_vs_original": fid[0] if fid else None,
+                       "pairwise_id_erased_max": joint["pairwise_id_erased"]["max"]}
+            self._register(row, [s.id for s in self.specs], {k: v for k, v in metrics.items() if v is not None},
+                           {i: r.get("verdict") for i, r in rows.items()})
         elif ok:
             final = json.loads((self.runs / "final.json").read_text())
             self._register(rows[self.specs[-1].id], [s.id for s in self.specs], erosion_metrics(final["erosion"]),
@@ -168,6 +179,8 @@ class Fleet:
             with ray_session(self.ray_address):
                 if self.mode == "parallel":
                     self._parallel(todo, previous, counts, note, bar)
+                elif self.mode == "joint":
+                    self._joint(todo, previous, counts, note)
                 else:
                     self._sequential(previous, counts, note, bar)
         bar.close()
@@ -207,6 +220,24 @@ class Fleet:
                 actor, spec = inflight.pop(ref)
                 note(self._record(_get(ref, spec), -1, previous))
                 idle.append(actor)
+
+    def _joint(self, todo, previous, counts, note) -> None:
+        """Every identity into one generator on Ray Train workers (fleet/joint.py); the losses go to
+        the fleet's run as they come; each identity is recorded with its metrics on that generator."""
+        from .joint import run_trainer
+
+        counts["running"] = len(todo)
+        try:
+            results = run_trainer(specs=self.specs, cfg=self.cfg, generator=self.generator, checkpoint=self.checkpoint,
+                                  runs=self.runs, name=self.fleet_key, workers=self.workers,
+                                  gpus_per_worker=self.gpus_per_worker, live={**self._live(), "parent": self.parent})
+        except Exception as e:  # Ray Train gave up (retries exhausted): every identity failed with its reason
+            error = f"joint training failed: {type(e).__name__}: {str(e)[:500]}"
+            results = [RunResult(s.id, "failed", error=error) for s in self.specs]
+        todo_ids = {s.id for s in todo}
+        for result in results:
+            if result.identity in todo_ids:
+                note(self._record(result, -1, previous))
 
     def _sequential(self, previous, counts, note, bar) -> None:
 

@@ -166,7 +166,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         sources = invert_identity(generator, spec, cfg, nets, show_progress)
         times["inversion_s"] = time.perf_counter() - t
     sources = sources.to(generator.device)
-    w_u, w_others = sources.w_u, sources.w_others
+    w_u = sources.w_u
 
     def save_state(state: dict) -> None:
         state.update(config_hash=cfg_hash, sources=vars(sources.to("cpu")))
@@ -184,6 +184,18 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         g_train = training_view(generator, cfg)  # training it trains ``generator``
         ltu = unlearn(g_train, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
                       progress=progress, on_checkpoint=save_state, resume=resume)
+    return record_identity(generator, spec, cfg, nets, out, ltu, sources, times, t_start, g_train=g_train, loop=loop,
+                           first_step=resume["step"] if resume else 0, show_progress=show_progress)
+
+
+def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks, out: Path, ltu, sources: SourceLatents,
+                    times: dict[str, float], t_start: float, *, g_train, loop: str, first_step: int = 0,
+                    checkpoint: Path | None = None, show_progress: bool = False) -> RunResult:
+    """Evaluate G_u (``generator``, trained through ``g_train``) on ``spec`` after LTU (``ltu``: an
+    LTUResult) and write the run's files: checkpoint.safetensors (unless ``checkpoint`` names one
+    this generator was saved to, as a joint run's), latents.pt, grid.png, losses.json, result.json."""
+    cfg_hash = config_hash(cfg)
+    w_u, w_others = sources.w_u, sources.w_others
     g_s = ltu.g_s.full
     times["unlearn_s"] = ltu.seconds
     times["s_per_iteration"] = ltu.seconds / ltu.steps_run if ltu.steps_run else None
@@ -199,15 +211,15 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
     verdict = judge(metrics, photo, nets.thresholds)
     times["evaluation_s"] = time.perf_counter() - t
 
-    checkpoint = save_trainable(out / "checkpoint.safetensors",
-                                {n: p for n, p in generator.named_parameters() if n in set(ltu.trainable)},
-                                generator.name, metadata_json({"identity": spec.id, "config_hash": cfg_hash}))
+    if checkpoint is None:
+        checkpoint = save_trainable(out / "checkpoint.safetensors",
+                                    {n: p for n, p in generator.named_parameters() if n in set(ltu.trainable)},
+                                    generator.name, metadata_json({"identity": spec.id, "config_hash": cfg_hash}))
     torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
                out / "latents.pt")
     title = grid_title(spec.id, generator.name, verdict, metrics) + ("" if ltu.status == "finished" else f" | {ltu.status}")
     save_png(run_grid(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image if spec.image else None,
                       sources.others_images, title), out / "grid.png")
-    first_step = resume["step"] if resume else 0  # a resumed run's history starts where it resumed
     write_json(out / "losses.json", [{"step": first_step + i, **h} for i, h in enumerate(ltu.history)])
     times["total_s"] = time.perf_counter() - t_start
     scale = ltu.distance_scale
@@ -218,7 +230,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
                 "others": [str(p) for p in spec.others]},
         config=to_dict(cfg), config_hash=cfg_hash, loop=loop,
         train_resolution=g_train.resolution, resolution=generator.resolution,
-        metrics=metrics, timings=times, steps=ltu.steps_run + (resume["step"] if resume else 0),
+        metrics=metrics, timings=times, steps=ltu.steps_run + first_step,
         final_losses=ltu.history[-1] if ltu.history else None, inversion_losses=sources.inversion_losses,
         latents={
             "distance_scale": scale, "geometry": ltu.target.geometry,
