@@ -1,17 +1,20 @@
 """One generator that has forgotten N identities: sequential vs joint, side by side, in one run.
 
     python benchmarks/many_identities.py --seeds 9,36,39,1,2,3,4,5 --set iterations=60 --set lr=6e-4 \
-        --set latent_pool=16 --out outputs/many_identities --doc docs/many_identities.md
+        --set latent_pool=16 --set evaluation.fid_samples=100 --set evaluation.reinversion=false \
+        --fid-samples 200 --out outputs/many_identities --doc docs/many_identities.md
 
 Each arm is the fleet itself (``python -m guide_ray.fleet``, its own out dir, one embedded Ray):
-sequential (one identity after another onto one generator), and joint (every identity at once,
-``identities_per_step`` = all) on 1 and on 2 Ray Train workers; every identity gets the same
-iterations. Then, on each arm's FINAL generator, the same measurements for all arms: per identity
+sequential (one identity after another onto one generator), sequential with rehearsal of the
+identities erased before (``rehearsal``: their erased faces held while the next is erased), and
+joint (every identity at once, ``identities_per_step`` = all) on 1 and on 2 Ray Train workers;
+every identity gets the same iterations. Then, on each arm's FINAL generator, the same measurements for all arms: per identity
 the ID between G_s(w_u) and G_final(w_u) and whether G_final(w_u) is a face (erased = both, at the
 verdict's thresholds); FID_pre of the final generator against the original (FID on
 --fid-samples); the pairwise ID among the erased faces (distinct identities must not end as one
 face); wall time of the arm (Ray start, inversions, training, evaluation, records). The table and
-an image of every identity before and after, per arm, go to --doc.
+an image of every identity before and after, per arm, go to --doc. An arm that ran to its end
+(OUT/ARM/arm.json) is not run again: a rerun after a crash runs the others and measures all.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from guide_ray.images import save_png, to_uint8
 from guide_ray.models import load_generator
 from guide_ray.run.networks import Networks
 
-ARMS = {"sequential": ["--mode", "sequential"], "joint, 1 worker": ["--mode", "joint", "--workers", "1"],
-        "joint, 2 workers": ["--mode", "joint", "--workers", "2"]}
+ARMS = {"sequential": ["--mode", "sequential"],
+        "sequential-rehearsal": ["--mode", "sequential", "--set", "rehearsal=1.0"],
+        "joint-1-worker": ["--mode", "joint", "--workers", "1"],
+        "joint-2-workers": ["--mode", "joint", "--workers", "2"]}
 
 
 def final_checkpoint(out: Path, mode: str) -> Path:
@@ -79,23 +84,28 @@ def main(argv=None) -> int:
     sets = [a for s in args.set for a in ("--set", s)]
     results = {}
     for arm in args.arms.split(","):
-        folder = out / arm.replace(", ", "-").replace(" ", "-")
-        t = time.perf_counter()
-        code = fleet.main([str(out / "ids.csv"), "--generator", args.generator, "--out", str(folder), "--no-progress",
-                           "--ray-address", "local", *ARMS[arm], *sets])
-        results[arm] = {"code": code, "wall_s": time.perf_counter() - t, "folder": folder}
-        print(f"{arm}: exit {code}, {results[arm]['wall_s']:.0f} s", flush=True)
+        if arm not in ARMS:
+            p.error(f"--arms: {arm!r} is not one of {', '.join(ARMS)}")
+        folder = out / arm
+        done = folder / "arm.json"  # an arm that ran to its end is not run again (a rerun finishes the others)
+        if not done.exists():
+            t = time.perf_counter()
+            code = fleet.main([str(out / "ids.csv"), "--generator", args.generator, "--out", str(folder),
+                               "--no-progress", "--ray-address", "local", *ARMS[arm], *sets])
+            done.write_text(json.dumps({"code": code, "wall_s": time.perf_counter() - t, "set": args.set}))
+        results[arm] = {**json.loads(done.read_text()), "folder": folder}
+        print(f"{arm}: exit {results[arm]['code']}, {results[arm]['wall_s']:.0f} s", flush=True)
     nets = Networks(cfg, "cpu")
     base = generator_stats(load_generator(args.generator, "cpu"), nets.inception, args.fid_samples, 123, 16)
     lines = [f"| arm | wall s | erased on the final generator | ID per identity | FID_pre vs original "
              f"({args.fid_samples} samples) | pairwise ID among erased faces (max / mean) |", "|---|---|---|---|---|---|"]
     for arm, r in results.items():
-        mode = "sequential" if arm == "sequential" else "joint"
+        mode = "sequential" if arm.startswith("sequential") else "joint"
         m = measure(args.generator, final_checkpoint(r["folder"], mode), seeds, nets, args.fid_samples, base)
         r.update({k: v for k, v in m.items() if k != "strip"})
         rows = pq.read_table(r["folder"] / "ledger.parquet").to_pylist()
         r["ledger_verdicts"] = {row["identity"]: row["verdict"] for row in rows}
-        name = f"many-identities-{r['folder'].name}.png"
+        name = f"many-identities-{arm}.png"
         if args.doc:
             save_png(to_uint8(m["strip"])[0], Path(args.doc).parent / "img" / name)
         lines.append(f"| {arm} | {r['wall_s']:.0f} | {sum(m['erased'])}/{len(seeds)} | "
@@ -112,8 +122,8 @@ def main(argv=None) -> int:
             f"{args.fid_samples} --doc {args.doc}` on {args.generator}, {len(seeds)} identities (seeds "
             f"{args.seeds}), the same iterations per identity in every arm; ID threshold "
             f"{nets.thresholds.id_level:.3f} (FaceNet's different-person level).\n\n{table}\n\n"
-            + "".join(f"![{a}](img/many-identities-{r['folder'].name}.png)  \n{a}: G_s(w_u) over G_final(w_u), "
-                      f"seeds left to right\n\n" for a, r in results.items()))
+            + "".join(f"![{a}](img/many-identities-{a}.png)  \n{a}: G_s(w_u) over G_final(w_u), "
+                      f"seeds left to right\n\n" for a in results))
     return 0 if all(r["code"] == 0 for r in results.values()) else 1
 
 

@@ -113,6 +113,11 @@ class GuideConfig:
     # Joint unlearning (the fleet's --mode joint, core/joint.py): the identities each step trains on,
     # round robin over all; 0: all of them (rounded down to a multiple of the workers).
     identities_per_step: int = 0
+    # Sequential fleets (beyond the paper): each step also holds rehearse_per_step of the identities
+    # erased before to their erased faces (their Eq. 4 loss between G_u(w_u) and G_s(w_u)), with this
+    # weight; 0: no rehearsal, as the paper.
+    rehearsal: float = 0.0
+    rehearse_per_step: int = 2
     id_loss_net: str = "dlib-resnet34"
     id_metric_net: str = "facenet-vggface2"
     perceptual_net: str = "stlpips-vgg"
@@ -257,10 +262,10 @@ def _flatten(tree: dict, prefix: str = ""):
 
 def validate(cfg: GuideConfig) -> None:
     """Range checks the types cannot express."""
-    for name in ("lambda_l2", "lambda_per", "lambda_id", "lambda_adj", "lambda_global", "alpha_max"):
+    for name in ("lambda_l2", "lambda_per", "lambda_id", "lambda_adj", "lambda_global", "alpha_max", "rehearsal"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("iterations", "n_adj", "n_global", "perceptual_size", "checkpoint_every"):
+    for name in ("iterations", "n_adj", "n_global", "perceptual_size", "checkpoint_every", "rehearse_per_step"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:

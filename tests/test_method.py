@@ -179,6 +179,48 @@ def test_straightforward_and_optimised_loops_agree(problem_parts):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_rehearsal_is_eq4_between_g_u_and_g_s_of_earlier_identities_in_both_loops(problem_parts):
+    cfg, g, w_u, ident, per = problem_parts
+    cfg.rehearsal, cfg.rehearse_per_step = 0.4, 2
+    earlier = torch.cat([g.mapping(g.z_from_seed(s)) for s in (5, 6, 7)])
+    select_trainable(g, cfg.trainable)
+    problem = Problem(g, w_u, cfg, ident, per, rehearse=earlier)
+    with torch.no_grad():
+        for p in g.synthesis_net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    draw = problem.sampler.draw()
+    a, b = problem.step_optimised(draw), problem.step_straightforward(draw)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    chosen = earlier[draw.rehearse_index]
+    assert len(chosen) == 2
+    with torch.no_grad():
+        x, y = g.synthesis(chosen), problem.g_s.synthesis(chosen)
+        eq4 = (0.5 * (x - y).square().flatten(1).mean(1) + 2.0 * per(x, y)
+               + 0.3 * (1 - F.cosine_similarity(ident.embed_generated(x), ident.embed_generated(y))))
+    torch.testing.assert_close(a["rehearse"].detach(), eq4)
+    without = {k: v for k, v in a.items() if k not in ("rehearse", "total")}
+    torch.testing.assert_close(a["total"], problem.total(without) + 0.4 * eq4.mean())
+
+
+def test_rehearsal_holds_earlier_identities_to_their_faces(problem_parts):
+    """Unlearning one identity with and without rehearsing three others: with it, their images move less."""
+    cfg, _, w_u, ident, per = problem_parts
+    cfg.iterations, cfg.lr, cfg.rehearse_per_step = 60, 3e-3, 3
+    g0 = TinyGenerator()
+    earlier = torch.cat([g0.mapping(g0.z_from_seed(s)) for s in (5, 6, 7)])
+
+    def drift(rehearsal):
+        cfg.rehearsal = rehearsal
+        g = TinyGenerator()
+        result = unlearn(g, w_u, cfg, ident, per, rehearse=earlier)
+        with torch.no_grad():
+            return float((g.synthesis(earlier) - result.g_s.synthesis(earlier)).square().mean())
+
+    free, held = drift(0.0), drift(5.0)
+    assert held < 0.5 * free, (held, free)
+
+
 @pytest.mark.parametrize("preset,keys", [("baseline", {"l2", "per", "id", "local", "total"}),
                                          ("adjacency", {"l2", "per", "id", "local", "adj", "total"})])
 def test_presets_switch_terms(preset, keys):

@@ -23,8 +23,7 @@ history, so any rank can compute any step and a resumed run needs only the step 
 from __future__ import annotations
 
 import copy
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..config import GuideConfig
 from .losses import Targets, Terms, adjacent_deltas
-from .ltu import StepLoss, optimizer_for, select_trainable, target_latent, trainable_state
+from .ltu import LTUResult, StepLoss, Unlearning, select_trainable, target_latent
 from .ufo import FaceTarget, distance_scale, face_target, geometry_for
 
 DISTINCT_TRIES = 3  # re-aimings of one identity's target before it is left as it is (and recorded)
@@ -212,96 +211,53 @@ class JointProblem(nn.Module):
 
 @dataclass
 class JointResult:
-    targets: list[FaceTarget]
-    clashes: list[list[int]]  # per identity: earlier identities whose target is still its person
-    distance_scale: float
-    status: str  # "finished" | "diverged"
-    message: str
-    steps_run: int
-    seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    trainable: list[str] = field(default_factory=list)
-    g_s: torch.nn.Module | None = None
+    """One LTUResult per identity (its target; the run's status, history, trainable tensors and
+    G_s, shared) and the target clashes: per identity, earlier ones whose target is still its person."""
+
+    identities: list[LTUResult]
+    clashes: list[list[int]]
 
 
-class JointUnlearning:
+class JointUnlearning(Unlearning):
     """Joint unlearning of ``w_us`` from ``generator`` in place, advanced in steps as ltu.Unlearning
-    (``advance(n)``, ``state()``, ``finish()``, ``resume``, divergence keeps the last good weights).
-
-    ``wrap`` wraps the JointProblem for data parallelism (e.g. DistributedDataParallel: the caller's
-    choice); ranks must agree on a stop, so a non-finite loss on any rank stops all of them.
+    (``advance(n)``, ``state()``, ``on_checkpoint``, ``resume``; divergence keeps the last good
+    weights). ``wrap`` wraps the JointProblem for data parallelism (e.g. DistributedDataParallel:
+    the caller's choice); ranks agree on a stop: a non-finite loss on any rank stops all of them.
     """
 
     def __init__(self, generator, w_us: list[torch.Tensor], cfg: GuideConfig, id_net, perceptual, *,
                  identities_per_step: int, rank: int = 0, world: int = 1, face_check=None,
                  distinct: tuple[Callable[[torch.Tensor], torch.Tensor], float] | None = None,
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
-                 progress: Callable[[int, dict], None] | None = None, resume: dict | None = None):
+                 progress: Callable[[int, dict], None] | None = None,
+                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None):
         torch.manual_seed(cfg.seed)
-        self.cfg, self.generator, self.progress = cfg, generator, progress
-        self.params = select_trainable(generator, cfg.trainable)
+        params = select_trainable(generator, cfg.trainable)
         self.problem = JointProblem(generator, w_us, cfg, id_net, perceptual, identities_per_step=identities_per_step,
                                     rank=rank, world=world, face_check=face_check, distinct=distinct)
         self.model = wrap(self.problem)
-        self.optimizer = optimizer_for(generator, self.params, cfg.lr)
-        self.start = 0
-        if resume is not None:
-            with torch.no_grad():
-                for name, p in self.params:
-                    p.copy_(resume["trainable"][name])
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.start = resume["step"]
-        self.good, self.good_step = trainable_state(self.params), self.start
-        self.step, self.history, self.status, self.message, self.seconds = self.start, [], "running", "", 0.0
+        self._begin(generator, cfg, params, progress, on_checkpoint, resume)
 
-    @property
-    def done(self) -> bool:
-        return self.status != "running"
+    def losses(self) -> StepLoss:
+        return self.model(self.step)
 
-    def state(self) -> dict:
-        """What ``resume`` continues from: the step, the trainable tensors, the optimiser state."""
-        return {"step": self.step, "trainable": trainable_state(self.params),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+    def draws_state(self) -> dict:
+        return {}  # the draws are functions of the step
 
-    def _all_finite(self, total: torch.Tensor) -> bool:
+    def finite(self, total: torch.Tensor) -> bool:
         finite = torch.isfinite(total.detach()).to(torch.int32).reshape(1)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
-    def advance(self, until: int) -> None:
-        until, t0 = min(until, self.cfg.iterations), time.perf_counter()
-        self.generator.train()
-        while not self.done and self.step < until:
-            losses = self.model(self.step)
-            if not self._all_finite(losses["total"]):
-                with torch.no_grad():
-                    for name, p in self.params:
-                        p.copy_(self.good[name])
-                self.status = "diverged"
-                self.message = (f"the loss became non-finite at step {self.step}; stopped and kept the weights "
-                                f"of step {self.good_step} (the last good checkpoint)")
-                break
-            self.optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            self.optimizer.step()
-            self.history.append(losses.floats())
-            if self.progress is not None:
-                self.progress(self.step, self.history[-1])
-            self.step += 1
-            if self.step % self.cfg.checkpoint_every == 0:
-                self.good, self.good_step = trainable_state(self.params), self.step
-        if self.step == self.cfg.iterations and not self.done:
-            self.status = "finished"
-        self.generator.eval()
-        self.seconds += time.perf_counter() - t0
-
     def finish(self) -> JointResult:
         if self.status == "running":
             self.status = "finished"
+            self._checkpoint()
         for _, p in self.params:
             p.grad = None
-        return JointResult(targets=self.problem.targets, clashes=self.problem.clashes,
-                           distance_scale=self.problem.distance_scale, status=self.status, message=self.message,
-                           steps_run=self.step - self.start, seconds=self.seconds, history=self.history,
-                           trainable=[n for n, _ in self.params], g_s=self.problem.g_s)
+        trainable = [n for n, _ in self.params]
+        return JointResult([LTUResult(target=t, distance_scale=self.problem.distance_scale, status=self.status,
+                                      message=self.message, steps_run=self.step - self.start, seconds=self.seconds,
+                                      history=self.history, trainable=trainable, g_s=self.problem.g_s)
+                            for t in self.problem.targets], self.problem.clashes)

@@ -77,6 +77,7 @@ class Draw:
     camera: torch.Tensor | None = None  # one random camera per step (3D generators), as the official code
     adj_index: torch.Tensor | None = None  # pool entries, when drawn from a pool
     global_index: torch.Tensor | None = None
+    rehearse_index: torch.Tensor | None = None  # the earlier identities rehearsed this step
 
 
 class LatentSampler:
@@ -85,9 +86,10 @@ class LatentSampler:
     fresh each step (``pool`` = 0). Seeded; its state is part of a checkpoint."""
 
     def __init__(self, generator, w_u: torch.Tensor, n_adj: int, n_global: int, alpha_max: float,
-                 pool: int, seed: int):
+                 pool: int, seed: int, n_rehearse: int = 0, rehearse_per_step: int = 0):
         self.generator, self.w_u = generator, w_u
         self.n_adj, self.n_global, self.alpha_max, self.pool = n_adj, n_global, alpha_max, pool
+        self.n_rehearse, self.rehearse_per_step = n_rehearse, min(rehearse_per_step, n_rehearse)
         self.rng = torch.Generator().manual_seed(seed)
         if pool:
             if pool < max(n_adj, n_global):
@@ -108,10 +110,14 @@ class LatentSampler:
     def draw(self) -> Draw:
         camera = self.generator.sample_camera(1, self.rng)
         if not self.pool:
-            return Draw(self._deltas(self.n_adj), self._mapped(self.n_global), camera)
-        adj = torch.randperm(self.pool, generator=self.rng)[:self.n_adj]
-        glob = torch.randperm(self.pool, generator=self.rng)[:self.n_global]
-        return Draw(self.pool_deltas[adj], self.pool_global[glob], camera, adj, glob)
+            draw = Draw(self._deltas(self.n_adj), self._mapped(self.n_global), camera)
+        else:
+            adj = torch.randperm(self.pool, generator=self.rng)[:self.n_adj]
+            glob = torch.randperm(self.pool, generator=self.rng)[:self.n_global]
+            draw = Draw(self.pool_deltas[adj], self.pool_global[glob], camera, adj, glob)
+        if self.rehearse_per_step:  # drawn only with rehearsal: runs without it keep their random stream
+            draw.rehearse_index = torch.randperm(self.n_rehearse, generator=self.rng)[:self.rehearse_per_step]
+        return draw
 
 
 class StepLoss(dict):
@@ -123,10 +129,17 @@ class StepLoss(dict):
 
 class Problem:
     """Everything one unlearning run optimises: G_u, the frozen G_s, w_u, w_t and the loss nets.
-    ``face_check`` (images -> face scores) makes sure G_s(w_t) is a face (cfg.target_face_check)."""
+    ``face_check`` (images -> face scores) makes sure G_s(w_t) is a face (cfg.target_face_check).
 
-    def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, face_check=None):
+    ``rehearse`` (beyond the paper; sequential fleets): the source latents of identities erased
+    from G_s before. With cfg.rehearsal > 0, each step adds cfg.rehearsal x the mean Eq. 4 loss of
+    ``rehearse_per_step`` of them between G_u(w_u^i) and G_s(w_u^i), their erased faces as G_s
+    draws them, so that training on a new identity does not bring an earlier one back."""
+
+    def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, face_check=None,
+                 rehearse: torch.Tensor | None = None):
         self.cfg, self.g_u, self.w_u = cfg, generator, w_u
+        self.rehearse = rehearse if rehearse is not None and len(rehearse) and cfg.rehearsal > 0 else None
         self.g_s = copy.deepcopy(generator).eval().requires_grad_(False)
         self.distance_scale = scale = distance_scale(generator, cfg.distance_units)  # computed once: 10k mappings
         self.target = target_latent(self.g_s, w_u, cfg, scale, face_check if cfg.target_face_check else None)
@@ -134,8 +147,9 @@ class Problem:
         self.terms = Terms(cfg, perceptual, id_net, generator.ffhq_box)
         self.sampler = LatentSampler(generator, w_u, cfg.n_adj if cfg.use_adjacency else 0,
                                      cfg.n_global if cfg.use_global else 0, cfg.alpha_max * scale,
-                                     cfg.latent_pool, cfg.seed)
-        self._cache: dict[str, dict[int, Targets]] = {"adj": {}, "global": {}}
+                                     cfg.latent_pool, cfg.seed, 0 if self.rehearse is None else len(self.rehearse),
+                                     cfg.rehearse_per_step)
+        self._cache: dict[str, dict[int, Targets]] = {"adj": {}, "global": {}, "rehearse": {}}
         self._local_target: Targets | None = None
 
     # --- the frozen targets -------------------------------------------------------------
@@ -166,13 +180,13 @@ class Problem:
     def pooled(self, kind: str, draw: Draw, ws: torch.Tensor) -> Targets:
         """Targets of the drawn latents ``ws``: from the pool's cache (filled on first use) when
         they come from the pool and the generator has no camera, else computed now."""
-        index = draw.adj_index if kind == "adj" else draw.global_index
+        index = {"adj": draw.adj_index, "global": draw.global_index, "rehearse": draw.rehearse_index}[kind]
         if index is None or draw.camera is not None:
-            return self.frozen(ws, draw.camera, with_identity=kind == "adj")
+            return self.frozen(ws, draw.camera, with_identity=kind != "global")
         cache = self._cache[kind]
         missing = [i for i, k in enumerate(index.tolist()) if k not in cache]
         if missing:
-            fresh = self.frozen(ws[missing], None, with_identity=kind == "adj")
+            fresh = self.frozen(ws[missing], None, with_identity=kind != "global")
             for j, i in enumerate(missing):
                 cache[int(index[i])] = fresh.select(torch.tensor([j]))
         return Targets.cat([cache[int(k)] for k in index.tolist()])
@@ -182,7 +196,9 @@ class Problem:
         cfg, terms = self.cfg, self.terms
         n_local = 1 if cfg.use_local else 0
         n_adj, n_glob = len(draw.deltas), len(draw.w_global)
-        ws = torch.cat([self.w_u.expand(n_local, -1, -1), self.w_u + draw.deltas, draw.w_global])
+        w_rehearse = self.rehearsed(draw)
+        ws = torch.cat([self.w_u.expand(n_local, -1, -1), self.w_u + draw.deltas, draw.w_global,
+                        *([] if w_rehearse is None else [w_rehearse])])
         image, features = self.g_u.render(ws, draw.camera)
         per_u = terms.perceptual_features(image)
         parts: list[Targets] = []
@@ -201,9 +217,24 @@ class Problem:
                 losses["adj"] = pairs["local"][n_local:]
         if n_glob:
             glob_t = self.pooled("global", draw, draw.w_global)
-            losses["global"] = terms.perceptual_distance([f[n_unlearn:] for f in per_u], glob_t.perceptual)
-        losses["total"] = total_loss(losses.get("local"), losses.get("adj"), losses.get("global"), cfg)
+            losses["global"] = terms.perceptual_distance([f[n_unlearn:n_unlearn + n_glob] for f in per_u],
+                                                         glob_t.perceptual)
+        if w_rehearse is not None:
+            at = n_unlearn + n_glob
+            losses["rehearse"] = terms.unlearning_pairs(image[at:], features[at:], [f[at:] for f in per_u],
+                                                        self.pooled("rehearse", draw, w_rehearse))["local"]
+        losses["total"] = self.total(losses)
         return losses
+
+    def rehearsed(self, draw: Draw) -> torch.Tensor | None:
+        return None if self.rehearse is None else self.rehearse[draw.rehearse_index]
+
+    def total(self, losses: StepLoss) -> torch.Tensor:
+        """Eq. 9, plus the rehearsal of earlier identities when there is one."""
+        total = total_loss(losses.get("local"), losses.get("adj"), losses.get("global"), self.cfg)
+        if "rehearse" in losses:
+            total = total + self.cfg.rehearsal * losses["rehearse"].mean()
+        return total
 
     def step_straightforward(self, draw: Draw) -> StepLoss:
         """The official code's loop: one G_u and one G_s forward per term, targets recomputed."""
@@ -226,7 +257,10 @@ class Problem:
                 per.append(terms.perceptual_distance(terms.perceptual_features(image),
                                                      self.frozen(w[None], draw.camera, with_identity=False).perceptual))
             losses["global"] = torch.cat(per)
-        losses["total"] = total_loss(losses.get("local"), losses.get("adj"), losses.get("global"), cfg)
+        w_rehearse = self.rehearsed(draw)
+        if w_rehearse is not None:
+            losses["rehearse"] = torch.cat([pair(w[None], w[None])["local"] for w in w_rehearse])
+        losses["total"] = self.total(losses)
         return losses
 
 
@@ -264,28 +298,42 @@ class Unlearning:
 
     def __init__(self, generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, *,
                  face_check=None, loop: str = "optimised", progress: Callable[[int, dict], None] | None = None,
-                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None):
+                 on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+                 rehearse: torch.Tensor | None = None):
         if loop not in ("optimised", "straightforward"):
             raise ValueError(f"loop must be 'optimised' or 'straightforward', not {loop!r}")
         torch.manual_seed(cfg.seed)
-        self.cfg, self.generator, self.progress, self.on_checkpoint = cfg, generator, progress, on_checkpoint
-        self.params = select_trainable(generator, cfg.trainable)
-        self.problem = Problem(generator, w_u, cfg, id_net, perceptual, face_check)
-        self.optimizer = optimizer_for(generator, self.params, cfg.lr)
-        self.start = 0
-        if resume is not None:
-            with torch.no_grad():
-                for name, p in self.params:
-                    p.copy_(resume["trainable"][name])
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.problem.sampler.rng.set_state(resume["sampler_rng"])
-            self.start = resume["step"]
+        params = select_trainable(generator, cfg.trainable)
+        self.problem = Problem(generator, w_u, cfg, id_net, perceptual, face_check, rehearse)
         if loop == "optimised":
             self.problem.fill_pool()
         self.step_fn = self.problem.step_optimised if loop == "optimised" else self.problem.step_straightforward
-        self.good, self.good_step = trainable_state(self.params), self.start
+        self._begin(generator, cfg, params, progress, on_checkpoint, resume)
+        if resume is not None:
+            self.problem.sampler.rng.set_state(resume["sampler_rng"])
+
+    def _begin(self, generator, cfg: GuideConfig, params, progress, on_checkpoint, resume: dict | None) -> None:
+        """The optimiser over ``params`` and the step counter, from ``resume`` when given."""
+        self.cfg, self.generator, self.params = cfg, generator, params
+        self.progress, self.on_checkpoint = progress, on_checkpoint
+        self.optimizer = optimizer_for(generator, params, cfg.lr)
+        self.start = 0
+        if resume is not None:
+            with torch.no_grad():
+                for name, p in params:
+                    p.copy_(resume["trainable"][name])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.start = resume["step"]
+        self.good, self.good_step = trainable_state(params), self.start
         self.step, self.history, self.status, self.message = self.start, [], "running", ""
         self.seconds = 0.0
+
+    def losses(self) -> StepLoss:
+        """The next step's losses."""
+        return self.step_fn(self.problem.sampler.draw())
+
+    def finite(self, total: torch.Tensor) -> bool:
+        return bool(torch.isfinite(total))
 
     @property
     def done(self) -> bool:
@@ -295,8 +343,11 @@ class Unlearning:
         """What ``resume`` continues from: the step, the trainable tensors, the optimiser and sampler
         states (the dict ``on_checkpoint`` receives), taken now."""
         return {"step": self.step, "trainable": trainable_state(self.params),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "sampler_rng": self.problem.sampler.rng.get_state()}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), **self.draws_state()}
+
+    def draws_state(self) -> dict:
+        """What the random draws need to continue: the sampler's generator state."""
+        return {"sampler_rng": self.problem.sampler.rng.get_state()}
 
     def _checkpoint(self) -> None:
         if self.on_checkpoint is not None:
@@ -307,9 +358,9 @@ class Unlearning:
         until, t0 = min(until, self.cfg.iterations), time.perf_counter()
         self.generator.train()
         while not self.done and self.step < until:
-            losses = self.step_fn(self.problem.sampler.draw())
+            losses = self.losses()
             total = losses["total"]
-            if not torch.isfinite(total):
+            if not self.finite(total):
                 with torch.no_grad():
                     for name, p in self.params:
                         p.copy_(self.good[name])

@@ -57,8 +57,8 @@ def train_loop(config: dict) -> None:
         if dist.is_initialized():
             dist.barrier()
 
-    def report(state: dict, losses: dict[str, float]) -> None:
-        metrics = {"step": state["step"], **{f"loss_{k}": v for k, v in losses.items()}}
+    def report(state: dict) -> None:
+        metrics = {"step": state["step"]}  # the losses go to MLflow as they come (``live``)
         if rank != 0:
             ray.train.report(metrics)
             return

@@ -100,7 +100,7 @@ class IdentityWorker:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "worker.pid").write_text(str(os.getpid()))
             metrics = LiveMetrics.open(spec["id"], self.cfg, **live) if live else None
-            result = self._unlearn(IdentitySpec(**spec), run_dir, start_from, metrics)
+            result = self._unlearn(IdentitySpec(**spec), run_dir, start_from, metrics, earlier or [])
             if earlier is not None and result.finished:
                 result.erosion = self._erosion(earlier + [(spec["id"], str(run_dir / "latents.pt"))])
             return result
@@ -111,7 +111,9 @@ class IdentityWorker:
                 metrics.close()
 
     def _unlearn(self, spec: IdentitySpec, run_dir: Path, start_from: str | None,
-                 metrics: LiveMetrics | None) -> RunResult:
+                 metrics: LiveMetrics | None, earlier: list[tuple[str, str]]) -> RunResult:
+        import torch
+
         from ..models.checkpoint import apply_checkpoint
         from ..run.identity import run_identity
 
@@ -123,8 +125,10 @@ class IdentityWorker:
         self.generator.load_state_dict(self.original.state_dict())
         if start_from:
             apply_checkpoint(self.generator, start_from)
+        rehearse = torch.cat([torch.load(latents, map_location=self.generator.device, weights_only=True)["w_u"]
+                              for _, latents in earlier]) if earlier and self.cfg.rehearsal > 0 else None
         return run_identity(self.generator, spec, self.cfg, self.nets, run_dir, overwrite=finished.exists(),
-                            show_progress=False, on_step=metrics)
+                            show_progress=False, on_step=metrics, rehearse=rehearse)
 
     def _erosion(self, erased: list[tuple[str, str]]) -> dict:
         import torch

@@ -144,12 +144,13 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
 
 def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks, out: str | Path, *,
                  loop: str = "optimised", overwrite: bool = False, show_progress: bool = True,
-                 sources: SourceLatents | None = None,
+                 sources: SourceLatents | None = None, rehearse: torch.Tensor | None = None,
                  on_step: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     """Unlearn ``spec`` from ``generator`` (in place: it becomes G_u) and write the run's files.
 
     ``sources``: the identity's latents when already inverted (else they are computed here);
-    ``on_step(step, losses)``: called after every LTU step (the fleet logs the losses live).
+    ``on_step(step, losses)``: called after every LTU step (the fleet logs the losses live);
+    ``rehearse``: latents of identities erased before, rehearsed with cfg.rehearsal (ltu.Problem).
     Returns the result, also written to ``result.json``. A run whose loss diverges ends with
     status "diverged" and the last good weights; a rerun of an unfinished run resumes it.
     """
@@ -183,7 +184,7 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
 
         g_train = training_view(generator, cfg)  # training it trains ``generator``
         ltu = unlearn(g_train, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
-                      progress=progress, on_checkpoint=save_state, resume=resume)
+                      progress=progress, on_checkpoint=save_state, resume=resume, rehearse=rehearse)
     return record_identity(generator, spec, cfg, nets, out, ltu, sources, times, t_start, g_train=g_train, loop=loop,
                            first_step=resume["step"] if resume else 0, show_progress=show_progress)
 

@@ -9,6 +9,7 @@ once: a rerun or a restarted rank finds them on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,6 @@ import torch.nn.functional as F
 from ..config import GuideConfig, config_hash
 from ..core.evaluate import generated_identity
 from ..core.joint import JointUnlearning
-from ..core.ltu import LTUResult
 from ..models.checkpoint import metadata_json, save_trainable
 from ..results import RunResult
 from .files import atomic_write, write_json
@@ -59,11 +59,11 @@ def off_diagonal(m: torch.Tensor) -> dict[str, float]:
 def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Networks, runs: str | Path, *,
               identities_per_step: int, rank: int = 0, world: int = 1, wrap=lambda m: m,
               barrier: Callable[[], None] = lambda: None, resume: dict | None = None,
-              on_checkpoint: Callable[[dict, dict[str, float]], None] | None = None,
+              on_checkpoint: Callable[[dict], None] | None = None,
               on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[RunResult]:
     """Erase ``specs`` jointly from ``generator`` (in place); this rank's part of a run of ``world``.
 
-    ``on_checkpoint(state, losses)`` every ``cfg.checkpoint_every`` steps (``state`` is what
+    ``on_checkpoint(state)`` every ``cfg.checkpoint_every`` steps and at the end (``state`` is what
     ``resume`` continues from); ``on_step`` after every step. After training each rank evaluates its
     share of the identities on the final generator; rank 0 writes the checkpoint and joint.json.
     Returns this rank's identities' results.
@@ -75,13 +75,10 @@ def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Netw
     distinct = (lambda img: nets.id_metric.embed_generated(img, generator.ffhq_box), nets.thresholds.id_level)
     run = JointUnlearning(g_train, [s.w_u for s in sources], cfg, nets.id_loss, nets.perceptual,
                           identities_per_step=identities_per_step, rank=rank, world=world, face_check=nets.faces,
-                          distinct=distinct, wrap=wrap, progress=on_step, resume=resume)
-    every = cfg.checkpoint_every
-    while not run.done:
-        run.advance((run.step // every + 1) * every)
-        if on_checkpoint is not None:
-            on_checkpoint(run.state(), run.history[-1] if run.history else {})
-    result = run.finish()
+                          distinct=distinct, wrap=wrap, progress=on_step, on_checkpoint=on_checkpoint, resume=resume)
+    run.advance(cfg.iterations)
+    joint = run.finish()
+    result = joint.identities[0]  # what every identity shares: status, steps, history, G_s
     g_s = result.g_s.full
     checkpoint = joint_dir / "checkpoint.safetensors"
     if rank == 0:
@@ -94,19 +91,17 @@ def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Netw
             "steps": result.steps_run + (resume["step"] if resume else 0), "seconds": result.seconds,
             "started_at_step": resume["step"] if resume else 0,  # > 0: resumed from a checkpoint
             "status": result.status, "message": result.message,
-            "target_clashes": {specs[j].id: [specs[i].id for i in c] for j, c in enumerate(result.clashes) if c},
+            "target_clashes": {specs[j].id: [specs[i].id for i in c] for j, c in enumerate(joint.clashes) if c},
             # distinct identities must not end as one face: ID between the erased faces G_u(w_u^i), and
             # between the targets G_s(w_t^i) they were sent to
             "pairwise_id_erased": off_diagonal(pairwise_id(nets.id_metric, generator, w_us)),
-            "pairwise_id_targets": off_diagonal(pairwise_id(nets.id_metric, g_s, torch.cat([t.w_t for t in result.targets]))),
+            "pairwise_id_targets": off_diagonal(pairwise_id(nets.id_metric, g_s,
+                                                            torch.cat([r.w_t for r in joint.identities]))),
             "losses": result.history})
     barrier()  # the checkpoint is on disk before any identity's result names it
     results = []
-    for i in range(rank, len(specs), world):
-        ltu = LTUResult(target=result.targets[i], distance_scale=result.distance_scale, status=result.status,
-                        message=result.message, steps_run=result.steps_run, seconds=result.seconds,
-                        history=[], trainable=result.trainable, g_s=result.g_s)
-        out = runs / specs[i].id
-        results.append(record_identity(generator, specs[i], cfg, nets, out, ltu, sources[i], {}, t_start,
-                                       g_train=g_train, loop="joint", checkpoint=checkpoint))
+    for i in range(rank, len(specs), world):  # the losses are the run's, in joint.json
+        ltu = dataclasses.replace(joint.identities[i], history=[])
+        results.append(record_identity(generator, specs[i], cfg, nets, runs / specs[i].id, ltu, sources[i], {},
+                                       t_start, g_train=g_train, loop="joint", checkpoint=checkpoint))
     return results
