@@ -151,7 +151,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
         errors.append(error)
         after.append(metrics["face_reinversion"])
-    fingerprint = generator_fingerprint(g_s)
+    fingerprint, g_u_fingerprint = generator_fingerprint(g_s), generator_fingerprint(g_u)
     if ev.face_samples:  # random faces of G_s must stay faces in G_u
         with torch.no_grad():
             z = torch.randn(ev.face_samples, g_s.z_dim, generator=torch.Generator().manual_seed(ev.fid_seed))
@@ -161,7 +161,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         before, error_before = nets.fid_cache.get(face_key) or face_scores(nets, g_s, ws)
         if error_before is None:
             nets.fid_cache[face_key] = before, None
-        samples_after, error_after = latest(nets, "faces_g_u", (generator_fingerprint(g_u), *face_key[1:]),
+        samples_after, error_after = latest(nets, "faces_g_u", (g_u_fingerprint, *face_key[1:]),
                                             lambda: face_scores(nets, g_u, ws))
         errors += [error_before, error_after]
         faces = [i for i, v in enumerate(before) if nets.faces.is_face(v)]
@@ -179,7 +179,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         if ("real", ev.real_stats) not in nets.fid_cache:
             nets.fid_cache[("real", ev.real_stats)] = FeatureStats.load(ev.real_stats)
         real = nets.fid_cache[("real", ev.real_stats)]
-    g_u_stats = latest(nets, "stats_g_u", (generator_fingerprint(g_u), samples, ev.fid_seed),
+    g_u_stats = latest(nets, "stats_g_u", (g_u_fingerprint, samples, ev.fid_seed),
                        lambda: generator_stats(g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch))
     fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key], g_u_stats)
     metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
