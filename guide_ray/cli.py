@@ -1,6 +1,6 @@
 """guide-ray (or python -m guide_ray): one command for the whole tool.
 
-    guide-ray unlearn | fleet | sweep | evaluate | export | sample | config | weights | idsim | fid | bench
+    guide-ray unlearn | fleet | sweep | evaluate | audit | export | sample | config | weights | idsim | fid | bench
 
 fleet and sweep are python -m guide_ray.fleet and python -m guide_ray.sweep; their options follow
 them (guide-ray fleet --help).
@@ -219,6 +219,32 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    import logging
+
+    from .config import load_audit_config
+    from .run.audit import audit_run, default_out
+
+    cfg = load_audit_config(args.set or ())
+    say = logging.getLogger("guide_ray.audit").info if args.quiet else print
+    target = Path(args.run)
+    if (target / "ledger.parquet").is_file():  # a fleet's --out: every identity, into the ledger and MLflow
+        from .fleet.audit import audit_fleet_out
+
+        if args.out:
+            raise ValueError(f"--out is for one run folder; a fleet's audits go to its runs/KEY/_audit/ID ({target})")
+        reports = audit_fleet_out(target, cfg, args.tracking_uri, args.device, say)
+    else:
+        out = Path(args.out) if args.out else default_out(target)
+        reports = [audit_run(target, out, cfg, args.device, say=say)]
+        print(f"wrote audit.json and audit.html to {out.resolve()}")
+    for r in reports:
+        values = "  ".join(f"{a} G_u {r['attacks'][a]['g_u'][k]:.3f} / G_s {r['attacks'][a]['g_s'][k]:.3f}"
+                           for a, k in r["attack_values"].items())
+        print(f"{r['identity']}: {r['audit_verdict']} ({r['audit_reason']})\n  {values}")
+    return 0 if reports and all(r["audit_verdict"] == "survives" for r in reports) else 4
+
+
 def cmd_bench(args) -> int:
     import torch
 
@@ -383,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--fid-samples", type=int)
     pe.add_argument("--device", default=None)
     pe.set_defaults(func=cmd_evaluate)
+
+    pa = sub.add_parser("audit", help="attack a run's erasure (re-inversion restarts, neighbourhood probe, "
+                        "relearning) on G_u and on G_s; or every identity of a fleet's --out")
+    pa.add_argument("run", metavar="RUN_DIR", help="an unlearn run's --out folder, a fleet's runs/KEY/ID, or a "
+                    "fleet's --out (every finished identity; verdicts into its ledger and MLflow runs)")
+    pa.add_argument("--out", help="the audit's folder (default: _audit/ID beside the run folder; never inside it)")
+    pa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="audit settings (config.AuditConfig), e.g. relearn_steps=[10,50,200] random_starts=4")
+    pa.add_argument("--tracking-uri", help="a fleet's MLflow store (default: MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
+    pa.add_argument("--device", default=None)
+    pa.add_argument("--quiet", action="store_true", help="no progress lines")
+    pa.set_defaults(func=cmd_audit)
 
     px = sub.add_parser("export", help="write an unlearned NVIDIA generator back in NVIDIA's formats")
     px.add_argument("--generator", required=True, help="the base generator: an NVIDIA .pkl (or .safetensors)")

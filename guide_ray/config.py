@@ -133,6 +133,39 @@ class GuideConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class AuditConfig:
+    """The erasure audit's attacks (core/audit.py; ``guide-ray audit``). Not part of a run's config:
+    an audit changes nothing a run computed, and its hash stays the run's."""
+
+    random_starts: int = 4  # re-inversion starts from mapped random latents, beside w_avg and the sample mean
+    projector_steps: int | None = None  # per restart; None: the run's inversion.steps
+    probe_samples: int = 64  # latents around w_u and around the best re-inverted latent
+    probe_radius: float | None = None  # in the run's distance units; None: the run's alpha_max
+    relearn_steps: list[int] = field(default_factory=lambda: [10, 50, 200])  # measured after each
+    relearn_lr: float = 3e-4  # Adam, as pivotal tuning (PTI)
+    elsewhere_samples: int = 16  # a seed's neighbours of w_u looked at after relearning (no other photos)
+    seed: int = 0
+
+
+def load_audit_config(overrides: typing.Iterable[str] = ()) -> AuditConfig:
+    """Defaults, then ``key=value`` overrides (values parsed as YAML: relearn_steps=[10,50])."""
+    tree = to_dict(AuditConfig())
+    for item in overrides:
+        apply_override(tree, item)
+    cfg = from_dict(AuditConfig, tree)
+    for name in ("probe_samples", "relearn_lr"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.random_starts < 0:
+        raise ConfigError(f"random_starts must be >= 0, got {cfg.random_starts}")
+    if not cfg.relearn_steps or any(k < 1 for k in cfg.relearn_steps):
+        raise ConfigError(f"relearn_steps must be a list of step counts >= 1, got {cfg.relearn_steps}")
+    if cfg.projector_steps is not None and cfg.projector_steps < 1:
+        raise ConfigError(f"projector_steps must be >= 1 (or null: the run's), got {cfg.projector_steps}")
+    return cfg
+
+
 # Table 1's rows: each adds one component of GUIDE to the baseline.
 PRESETS: dict[str, dict[str, object]] = {
     "baseline": {"target": "average", "use_adjacency": False, "use_global": False},
@@ -164,6 +197,11 @@ def _check_value(key: str, value, hint):
                 except ConfigError:
                     pass
         raise ConfigError(f"{key}: {value!r} is not a {hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")

@@ -27,7 +27,7 @@ TITLE_H = 32  # the title strip at the top of the grid
 # The summary's columns: the identity, its outcome, its one-number metrics by their names
 # (results.Metrics), ID on the final generator (sequential fleets), time and error.
 SUMMARY_COLUMNS = ("identity", "status", "verdict", "id", "id_others", "reinversion_id", "face_kept", "fid_pre",
-                   "id_now", "time_s", "error")
+                   "id_now", "audit", "time_s", "error")
 
 
 def _font(size: int):
@@ -83,7 +83,8 @@ def summary_rows(ids: list[str], ledger: dict[str, dict]) -> list[dict]:
         rows.append({"identity": ident, "status": r.get("status", "not run"), "verdict": r.get("verdict") or "",
                      **{k: _num(r.get(k)) for k in ("id", "id_others", "reinversion_id", "face_kept", "fid_pre",
                                                     "id_now")},
-                     "time_s": _num(timings.get("total_s")), "error": r.get("error") or ""})
+                     "audit": r.get("audit_verdict") or "", "time_s": _num(timings.get("total_s")),
+                     "error": r.get("error") or ""})
     return rows
 
 
@@ -119,7 +120,9 @@ def write_summary(rows: list[dict], folder: Path, title: str) -> list[Path]:
         "face there; not_represented = the photo's inversion is not the person. ID / ID_others: identity "
         "similarity of G_s and G_u on the person's latents; re-inversion ID: the photo against its re-inversion "
         "into G_u; face kept: share of after-images that are faces; ID now: ID on the final generator "
-        "(sequential mode); lower = more forgotten. FID_pre: G_u against G_s (lower = less changed).</p>\n"
+        "(sequential mode); lower = more forgotten. FID_pre: G_u against G_s (lower = less changed). Audit "
+        "(guide-ray audit, fleet --audit): survives = no attack (re-inversion restarts, neighbourhood probe, "
+        "relearning) brought the person back; recoverable = one did (see runs/KEY/_audit/ID/audit.html).</p>\n"
         f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></body></html>\n")
     return [folder / "summary.csv", folder / "summary.html"]
 
@@ -235,6 +238,35 @@ def parallel_coordinates(rows: list[dict], axes: list[str], path: Path, color_by
         bar = fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap=cmap), ax=ax, pad=0.02)
         bar.set_label(f"{color_by} (lower is better)")
     ax.set_title(title or f"{len(rows)} trials (dashed: stopped early or failed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def relearning_plot(reports: list[dict], path: Path, title: str) -> Path:
+    """The relearning attack's curves (run/audit.py), one panel per audited identity: the person's ID
+    away from the pivot after k fine-tuning steps on G_u and on G_s (the reference), the ID at the
+    pivot on G_u, and the calibrated same- and different-person levels."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(reports), figsize=(3.6 * len(reports), 3.2), dpi=110, sharey=True, squeeze=False)
+    for ax, r in zip(axes[0], reports):
+        curves = r["attacks"]["relearning"]
+        steps = [p["steps"] for p in curves["g_u"]["curve"]]
+        ax.plot(steps, [p["id_elsewhere"] for p in curves["g_u"]["curve"]], "o-", color="tab:red", label="G_u, elsewhere")
+        ax.plot(steps, [p["id_pivot"] for p in curves["g_u"]["curve"]], "o:", color="tab:red", alpha=0.6,
+                label="G_u, at the pivot")
+        ax.plot(steps, [p["id_elsewhere"] for p in curves["g_s"]["curve"]], "s--", color="tab:blue",
+                label="G_s, elsewhere")
+        lv = r["calibration"]
+        ax.axhline(lv["same_person_level"], color="0.2", lw=0.8)
+        ax.axhline(lv["different_person_level"], color="0.6", lw=0.8, ls="--")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("relearning steps k")
+        ax.set_title(f"{r['identity']}: {r['audit_verdict']}", fontsize=9)
+    axes[0][0].set_ylabel("ID to the photo")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

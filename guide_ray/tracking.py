@@ -168,6 +168,21 @@ class Tracker:
         self.client.set_terminated(run_id, status="FINISHED" if not failed else "FAILED")
         return run_id
 
+    def log_audit(self, run_id: str, folder: Path, report: dict) -> None:
+        """An erasure audit (run/audit.py) beside the identity's run: audit.json and audit.html under
+        audit/, the best ID of each attack on G_u and G_s as metrics, the audit's verdict as tags."""
+        for name in ("audit.json", "audit.html"):
+            self.client.log_artifact(run_id, str(Path(folder) / name), "audit")
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"audit_{attack}_{g}", float(report["attacks"][attack][g][key]), now, 0)
+                   for attack, key in report["attack_values"].items() for g in ("g_u", "g_s")]
+        curve = report["attacks"]["relearning"]
+        metrics += [Metric(f"audit_relearning_{g}", float(point["id_elsewhere"]), now, int(point["steps"]))
+                    for g in ("g_u", "g_s") for point in curve[g]["curve"]]
+        self.client.log_batch(run_id, metrics=metrics, tags=[
+            RunTag("audit_verdict", report["audit_verdict"]), RunTag("audit_reason", report["audit_reason"][:5000]),
+            RunTag("audit_broken_by", ";".join(report["broken_by"]))])
+
     def fleet_step(self, parent_id: str, step: int, values: dict[str, float]) -> None:
         """Sequential mode: what was measured after step ``step`` (ID of earlier identities, FID_pre)."""
         now = int(time.time() * 1000)

@@ -10,7 +10,7 @@ import torch
 
 from guide_ray import weights
 from guide_ray.models.dcgan import _dcgan_net
-from tests.helpers import NETS, TINY, fetch, free_port, require_weights, sets, stop_process_group, submit_fleet, wait_for
+from tests.helpers import NETS, TINY, TINY_AUDIT, fetch, free_port, require_weights, sets, stop_process_group, submit_fleet, wait_for
 
 @pytest.fixture(scope="session")
 def mobilestylegan():
@@ -86,7 +86,10 @@ def mlflow_fleet(tmp_path_factory, tiny_generator, cluster):
         out = root / "out"
         args = [str(ids), "--generator", str(tiny_generator), "--out", str(out), "--tracking-uri", uri,
                 "--no-progress", *sets([*TINY, "iterations=4"])]
-        jobs = {mode: submit_fleet(cluster, [*args, "--mode", mode]) for mode in ("parallel", "sequential")}
+        # the parallel fleet also audits its identities (small attacks: the tiny generator draws no face)
+        audit = ["--audit", *[a for s in TINY_AUDIT for a in ("--audit-set", s)]]
+        jobs = {mode: submit_fleet(cluster, [*args, "--mode", mode, *(audit if mode == "parallel" else [])])
+                for mode in ("parallel", "sequential")}
         yield {"uri": uri, "experiment": EXPERIMENT, "out": out, "generator": tiny_generator, "args": args,
                "server_dir": root / "store", "jobs": jobs}
     finally:

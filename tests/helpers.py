@@ -21,6 +21,9 @@ TINY = ["iterations=6", "checkpoint_every=2", "evaluation.fid_samples=8", "evalu
         "inversion.steps=4", "latent_pool=4", "evaluation.face_samples=0", "target_face_check=false",
         "evaluation.id_threshold=0.232"]
 
+# The erasure audit's smallest attacks (config.AuditConfig), for its mechanics on the tiny generator.
+TINY_AUDIT = ["random_starts=0", "projector_steps=4", "probe_samples=4", "relearn_steps=[2]", "elsewhere_samples=2"]
+
 
 def sets(overrides: list[str]) -> list[str]:
     """``--set`` arguments for a command line."""

@@ -4,6 +4,7 @@ the review files themselves (guide_ray.review) without a server; the one trackin
 
 import csv
 import io
+import json
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,6 +99,24 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
             assert float(row["id"]) == pytest.approx(runs[row["identity"]].data.metrics["id"], abs=1e-3)
             assert float(row["time_s"]) > 0
             assert (row["id_now"] != "") == (mode == "sequential")
+            # the parallel fleet ran with --audit: every identity attacked, though none was erased to attack
+            assert row["audit"] == ("not_audited" if mode == "parallel" else "")
+        if mode == "parallel":  # the audit's files and numbers beside each identity's run
+            for ident, run in runs.items():
+                run = client.get_run(run.info.run_id)
+                assert {"audit/audit.json", "audit/audit.html"} <= {
+                    a.path for a in client.list_artifacts(run.info.run_id, "audit")}
+                report = json.loads(Path(client.download_artifacts(run.info.run_id, "audit/audit.json",
+                                                                   str(tmp_path / "audit" / ident))).read_text())
+                assert report["identity"] == ident and report["run_verdict"] == run.data.tags["verdict"]
+                assert run.data.tags["audit_verdict"] == "not_audited"
+                for g in ("g_u", "g_s"):
+                    assert run.data.metrics[f"audit_reinversion_{g}"] == pytest.approx(
+                        report["attacks"]["reinversion"][g]["best_id"], rel=1e-6)
+                    assert [m.step for m in client.get_metric_history(run.info.run_id, f"audit_relearning_{g}")] == [0, 2]
+                # P001 has another photo: after relearning it is looked for there; s1 at w_u and its neighbours
+                assert report["attacks"]["relearning"]["g_u"]["elsewhere"] == (
+                    "other photos, inverted" if ident == "P001" else "w_u and its neighbours")
         assert _png(client, parent.info.run_id, "metrics.png", tmp_path / mode).size[0] > 500
         html = Path(client.download_artifacts(parent.info.run_id, "summary.html", str(tmp_path / mode))).read_text()
         assert html.count('<tr class="finished not_represented">') == 1

@@ -12,7 +12,8 @@ pool kept out of EVERY identity's neighbourhood (||w - w_u^i|| > α_max for all 
 latent near one identity would hold G_u to that identity's old face.
 
 Distinct identities must not be sent to one face: targets whose G_s images are the same person
-(ID above the metric's different-person level) are re-aimed (``distinct_targets``).
+(ID above a given level: the run uses the metric's calibrated same-person level) are re-aimed
+(``distinct_targets``).
 
 Data parallel: with W ranks, rank r computes the batch's identities B[r::W] and the global latents
 [r::W]; averaging the ranks' gradients (DDP's all-reduce) gives exactly the one-rank gradient of L

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, GuideConfig, from_dict, load_config, to_dict
+from ..config import ConfigError, GuideConfig, from_dict, load_audit_config, load_config, to_dict
 from ..run.files import write_json
 from ..run.ids import IdsError, read_ids
 from .driver import Fleet, FleetError
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-invalid", action="store_true", help="run the good rows of a CSV with bad ones")
     p.add_argument("--ray-address", help="a Ray cluster (default: RAY_ADDRESS, else a running local cluster, "
                    "else an embedded one); 'local' always starts an embedded one")
+    p.add_argument("--audit", action="store_true", help="after the fleet, audit every finished identity's erasure "
+                   "(guide-ray audit: attacks on G_u beside G_s; the summary's audit column, RUNS/_audit/ID)")
+    p.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="audit settings (config.AuditConfig), with --audit")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -53,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.set, args.preset)
             mode, generator = args.mode, args.generator
         specs, problems = read_ids(args.ids, args.skip_invalid)
+        audit = load_audit_config(args.audit_set) if args.audit else None
+        if args.audit_set and not args.audit:
+            raise ConfigError("--audit-set needs --audit")
     except (IdsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {problem}", file=sys.stderr)
     try:
         fleet = Fleet(specs, cfg, generator, mode, out, args.tracking_uri, args.workers, args.gpus_per_worker,
-                      show_progress=not args.no_progress, ray_address=args.ray_address)
+                      show_progress=not args.no_progress, ray_address=args.ray_address, audit=audit)
         # a generator URI is saved with its alias pinned (models:/NAME/VERSION): --resume starts from the same one
         write_json(out / "fleet.json", {"mode": mode, "generator": fleet.start["pinned"] if fleet.start else generator,
                                         "config": to_dict(cfg), "ids": str(Path(args.ids).resolve())})

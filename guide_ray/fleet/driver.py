@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config import GuideConfig, config_hash, to_dict
+from ..config import AuditConfig, GuideConfig, config_hash, to_dict
 from ..core.verdict import VERDICTS
 from ..ray_session import ray_session, worker_env
 from ..results import SCALARS, RunResult
@@ -34,7 +34,7 @@ class Fleet:
 
     def __init__(self, specs: list[IdentitySpec], cfg: GuideConfig, generator: str, mode: str, out: Path,
                  tracking_uri: str | None, workers: int | None, gpus_per_worker: float, show_progress: bool = True,
-                 ray_address: str | None = None):
+                 ray_address: str | None = None, audit: AuditConfig | None = None):
         from ..tracking import Tracker, model_name, resolve_uri
 
         self.specs, self.cfg, self.mode = specs, cfg, mode
@@ -53,7 +53,7 @@ class Fleet:
         self.tracker = Tracker(uri, self.out / "mlartifacts")
         self.model_name = model_name(self.generator)
         self.workers, self.gpus_per_worker, self.show_progress = workers, gpus_per_worker, show_progress
-        self.ray_address = ray_address
+        self.ray_address, self.audit = ray_address, audit  # audit: audit every finished identity at the end
         start_tags = {"start_generator": self.start["pinned"]} if self.start else {}
         self._run_tags = {"mode": mode, "generator": Path(self.generator).name, **start_tags}  # each identity's run
         self.parent = self.tracker.parent_run(
@@ -184,6 +184,12 @@ class Fleet:
                 else:
                     self._sequential(previous, counts, note, bar)
         bar.close()
+        if self.audit is not None:
+            from .audit import audit_rows
+
+            recorded = self.ledger.fleet(self.fleet_key)
+            audit_rows(self.ledger, self.tracker, [recorded[s.id] for s in self.specs if s.id in recorded], self.audit,
+                       say=lambda line: print(line, file=sys.stderr))
         rows = self.ledger.fleet(self.fleet_key)
         ok = all(rows.get(s.id, {}).get("status") == "finished" for s in self.specs)
         erased = sum(rows.get(s.id, {}).get("verdict") == "erased" for s in self.specs)

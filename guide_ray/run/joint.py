@@ -22,6 +22,7 @@ from ..core.evaluate import generated_identity
 from ..core.joint import JointUnlearning
 from ..models.checkpoint import metadata_json, save_trainable
 from ..results import RunResult
+from .calibration import cached_calibration
 from .files import atomic_write, write_json
 from .identity import IdentitySpec, SourceLatents, invert_identity, record_identity, training_view
 from .networks import Networks
@@ -72,7 +73,11 @@ def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Netw
     joint_dir = runs / JOINT
     sources = sources_of(generator, specs, cfg, nets, runs, rank, world, barrier)
     g_train = training_view(generator, cfg)
-    distinct = (lambda img: nets.id_metric.embed_generated(img, generator.ffhq_box), nets.thresholds.id_level)
+    # targets are one person at the metric's calibrated same-person level: the different-person level
+    # (0.232) sits below what two DCGAN faces already share (0.257), and re-aiming every target there
+    # sent some of them back towards their own person (ID to it up to 0.31)
+    same_person = cached_calibration(nets.id_metric, cfg.id_metric_net).same_person_level
+    distinct = (lambda img: nets.id_metric.embed_generated(img, generator.ffhq_box), same_person)
     run = JointUnlearning(g_train, [s.w_u for s in sources], cfg, nets.id_loss, nets.perceptual,
                           identities_per_step=identities_per_step, rank=rank, world=world, face_check=nets.faces,
                           distinct=distinct, wrap=wrap, progress=on_step, on_checkpoint=on_checkpoint, resume=resume)
