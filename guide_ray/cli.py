@@ -236,7 +236,7 @@ def cmd_audit(args) -> int:
         reports = audit_fleet_out(target, cfg, args.tracking_uri, args.device, say)
     else:
         out = Path(args.out) if args.out else default_out(target)
-        reports = [audit_run(target, out, cfg, args.device, say=say)]
+        reports = [audit_run(target, out, cfg, args.device, generator=args.generator, say=say)]
         print(f"wrote audit.json and audit.html to {out.resolve()}")
     for r in reports:
         values = "  ".join(f"{a} G_u {r['attacks'][a]['g_u'][k]:.3f} / G_s {r['attacks'][a]['g_s'][k]:.3f}"
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", help="the audit's folder (default: _audit/ID beside the run folder; never inside it)")
     pa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="audit settings (config.AuditConfig), e.g. relearn_steps=[10,50,200] random_starts=4")
+    pa.add_argument("--generator", help="the run's base generator when it was a file or folder (a fleet's ledger "
+                    "names it); default: the run's generator by name")
     pa.add_argument("--tracking-uri", help="a fleet's MLflow store (default: MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
     pa.add_argument("--device", default=None)
     pa.add_argument("--quiet", action="store_true", help="no progress lines")

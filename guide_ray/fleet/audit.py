@@ -22,8 +22,9 @@ def audit_rows(ledger: Ledger, tracker, rows: list[dict], cfg: AuditConfig, devi
         if row.get("status") != "finished":
             continue
         try:
-            report = audit_run(row["run_dir"], default_out(row["run_dir"]), cfg, device, say=say)
-        except (AuditError, OSError) as e:
+            report = audit_run(row["run_dir"], default_out(row["run_dir"]), cfg, device, generator=row.get("generator"),
+                               say=say)
+        except Exception as e:  # an identity that cannot be audited is recorded; the fleet's results stand
             ledger.upsert([{"fleet_key": row["fleet_key"], "identity": row["identity"], "audit_verdict": "failed",
                             "audit_reason": str(e)}])
             say(f"{row['identity']}: audit failed: {e}")

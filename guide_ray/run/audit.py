@@ -33,8 +33,9 @@ from ..core.evaluate import face_scores
 from ..core.inversion import project
 from ..core.ufo import distance_scale
 from ..images import save_png, to_uint8
-from ..models import load_generator
+from ..models import GENERATORS, load_generator
 from ..models.checkpoint import read_metadata
+from ..weights import WeightsError
 from .calibration import Calibration, cached_calibration
 from .files import write_json
 from .identity import inversion_view
@@ -78,8 +79,10 @@ class RunFolder:
         if trained_from != self.generator:
             raise AuditError(f"{self.checkpoint} was trained from generator {trained_from!r}, but {path}/result.json "
                              f"names {self.generator!r}")
-        if generator is not None and generator != self.generator:
+        if generator in GENERATORS and generator != self.generator:
             raise AuditError(f"{path} is a run of generator {self.generator!r}, not {generator!r}")
+        # what to load G_s from: the run's generator by name, or the file or folder it was read from
+        self.spec = generator or self.generator
         latents = torch.load(path / "latents.pt", map_location="cpu", weights_only=True)
         absent = [k for k in ("w_u", "w_t") if latents.get(k) is None]
         if absent:
@@ -187,8 +190,14 @@ def audit_run(run_dir: str | Path, out: str | Path, cfg: AuditConfig = AuditConf
     if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
         raise AuditError(f"the audit's folder {out} is inside the run folder {run.path}: an audit changes nothing there")
     t0 = time.perf_counter()
-    g_s = load_generator(run.generator, device)
-    g_u = load_generator(run.generator, device, checkpoint=run.checkpoint)
+    try:
+        g_s = load_generator(run.spec, device)
+    except WeightsError as e:
+        raise AuditError(f"{run.path} is a run of generator {run.generator!r}, which cannot be loaded by that name "
+                         f"({e}): pass the generator's file or folder (--generator)") from None
+    if g_s.name != run.generator:
+        raise AuditError(f"{run.path} is a run of generator {run.generator!r}, not {g_s.name!r} ({run.spec})")
+    g_u = load_generator(run.spec, device, checkpoint=run.checkpoint)
     nets = Networks(run.cfg, g_s.device)
     levels = cached_calibration(nets.id_metric, run.cfg.id_metric_net)
     photo, others = source_images(run, g_s)
