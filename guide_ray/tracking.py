@@ -177,7 +177,7 @@ class Tracker:
         metrics = [Metric(f"audit_{attack}_{g}", float(report["attacks"][attack][g][key]), now, 0)
                    for attack, key in report["attack_values"].items() for g in ("g_u", "g_s")]
         curve = report["attacks"]["relearning"]
-        metrics += [Metric(f"audit_relearning_{g}", float(point["id_elsewhere"]), now, int(point["steps"]))
+        metrics += [Metric(f"audit_relearning_curve_{g}", float(point["id_elsewhere"]), now, int(point["steps"]))
                     for g in ("g_u", "g_s") for point in curve[g]["curve"]]
         self.client.log_batch(run_id, metrics=metrics, tags=[
             RunTag("audit_verdict", report["audit_verdict"]), RunTag("audit_reason", report["audit_reason"][:5000]),

@@ -113,7 +113,7 @@ def test_fleets_log_over_http_and_read_back(mlflow_fleet, tmp_path, monkeypatch)
                 for g in ("g_u", "g_s"):
                     assert run.data.metrics[f"audit_reinversion_{g}"] == pytest.approx(
                         report["attacks"]["reinversion"][g]["best_id"], rel=1e-6)
-                    assert [m.step for m in client.get_metric_history(run.info.run_id, f"audit_relearning_{g}")] == [0, 2]
+                    assert [m.step for m in client.get_metric_history(run.info.run_id, f"audit_relearning_curve_{g}")] == [0, 2]
                 # P001 has another photo: after relearning it is looked for there; s1 at w_u and its neighbours
                 assert report["attacks"]["relearning"]["g_u"]["elsewhere"] == (
                     "other photos, inverted" if ident == "P001" else "w_u and its neighbours")
