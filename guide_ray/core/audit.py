@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AuditConfig, ProjectorConfig
-from .inversion import LatentEncoder, encode, project
+from .inversion import LatentEncoder, _fit_target, _for_perceptual, encode, project
 from .losses import adjacent_deltas
 from .ltu import optimizer_for, select_trainable
 
@@ -152,14 +152,8 @@ def relearning_attack(generator, photo: torch.Tensor, pivot: torch.Tensor, photo
     params = select_trainable(g, trainable)
     optimizer = optimizer_for(g, params, cfg.relearn_lr)
     size = projector.perceptual_size
-    target = photo.to(g.device)
-    if target.shape[-1] != g.resolution:
-        target = F.interpolate(target, size=(g.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False)
-
-    def perceptual_input(img):
-        return F.interpolate(img, size=(size, size), mode="area") if img.shape[-1] > size else img
-
-    target_perceptual = perceptual_input(target)
+    target = _fit_target(photo, g)  # the projector's own sizing of the photo and of the perceptual inputs
+    target_perceptual = _for_perceptual(target, size)
     attack = RelearningAttack(cfg.relearn_lr, pivot)
 
     def measure(steps: int) -> None:
@@ -175,7 +169,7 @@ def relearning_attack(generator, photo: torch.Tensor, pivot: torch.Tensor, photo
     measure(0)
     for step in range(1, max(cfg.relearn_steps) + 1):
         image = g.synthesis(pivot)
-        loss = (projector.lambda_perceptual * perceptual(perceptual_input(image), target_perceptual).mean()
+        loss = (projector.lambda_perceptual * perceptual(_for_perceptual(image, size), target_perceptual).mean()
                 + projector.lambda_pixel * F.mse_loss(image, target))
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"relearning diverged at step {step} (loss {float(loss)}); lower relearn_lr")
