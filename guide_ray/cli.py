@@ -17,7 +17,8 @@ from pathlib import Path
 from . import weights
 
 # What `unlearn` prints of an identity's metrics (all of them are in result.json).
-SHOWN_METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre", "delta_fid_real")
+SHOWN_METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre", "fid_floor", "fid_pre_ratio",
+                 "delta_fid_real")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -246,6 +247,8 @@ def cmd_audit(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import dataclasses
+
     import torch
 
     from .run.bench import time_loop
@@ -259,21 +262,27 @@ def cmd_bench(args) -> int:
     g_train = training_view(generator, cfg)
     w_u = random_source(generator, args.seed)
     if g_train is generator:  # the official code's loop against ours, same math
-        cases = [("straightforward", generator, False), ("optimised", generator, True)]
+        cases = [("straightforward", generator, False, cfg), ("optimised", generator, True, cfg)]
     else:  # our loop at the full and at the training resolution
-        cases = [("optimised", generator, True), ("optimised", g_train, True)]
+        cases = [("optimised", generator, True, cfg), ("optimised", g_train, True, cfg)]
+    if args.precisions:  # the last loop again in each other perceptual precision (fp32 vs the fast mode)
+        cases += [("optimised", cases[-1][1], True, dataclasses.replace(cfg, perceptual_precision=p))
+                  for p in args.precisions.split(",") if p != cfg.perceptual_precision]
     print(f"LTU on {generator.name} ({generator.device}), N_a={cfg.n_adj}, N_g={cfg.n_global}, "
           f"{args.iterations} timed iterations after {args.warmup} warm-up, torch threads {torch.get_num_threads()}")
     rows = []
-    for loop, g, channels_last in cases:
-        nets = Networks(cfg, generator.device, channels_last=channels_last)
-        rows.append((g.resolution, time_loop(g, w_u, cfg, nets.id_loss, nets.perceptual, loop, args.iterations,
-                                             args.warmup)))
-    for resolution, r in rows:
-        print(f"  {r.loop:16s} {resolution:5d}px {r.seconds_per_iteration:8.3f} s/iteration  peak memory "
-              f"{r.peak_memory_mb:8.0f} MB  step-0 total loss {r.step0_losses['total']:.6f}  one-off setup "
+    for loop, g, channels_last, case_cfg in cases:
+        nets = Networks(case_cfg, generator.device, channels_last=channels_last)
+        rows.append((g.resolution, case_cfg.perceptual_precision,
+                     time_loop(g, w_u, case_cfg, nets.id_loss, nets.perceptual, loop, args.iterations, args.warmup)))
+    for resolution, precision, r in rows:
+        print(f"  {r.loop:16s} {resolution:5d}px perceptual {precision}  {r.seconds_per_iteration:8.3f} s/iteration  "
+              f"peak memory {r.peak_memory_mb:8.0f} MB  step-0 total loss {r.step0_losses['total']:.6f}  one-off setup "
               f"{r.setup_seconds:.1f} s")
-    print(f"  speed-up: {rows[0][1].seconds_per_iteration / rows[1][1].seconds_per_iteration:.2f}x")
+    print(f"  speed-up: {rows[0][2].seconds_per_iteration / rows[1][2].seconds_per_iteration:.2f}x")
+    for resolution, precision, r in rows[2:]:
+        print(f"  perceptual {precision} vs {cfg.perceptual_precision}: "
+              f"{rows[1][2].seconds_per_iteration / r.seconds_per_iteration:.2f}x")
     return 0
 
 
@@ -437,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--iterations", type=int, default=5)
     pb.add_argument("--warmup", type=int, default=1)
     pb.add_argument("--seed", type=int, default=0, help="source latent seed")
+    pb.add_argument("--precisions", default="fp32,bf16",
+                    help="the perceptual precisions the last loop is also timed in, side by side ('' for none)")
     _add_config_options(pb)
     pb.add_argument("--device", default=None)
     pb.set_defaults(func=cmd_bench)

@@ -27,6 +27,9 @@ class ProjectorConfig:
     lr: float = 0.1  # Adam's peak learning rate
     lambda_perceptual: float = 1.0
     lambda_pixel: float = 1.0  # MSE between images in [-1, 1]
+    # 1 - cos of the run's ID LOSS network (id_loss_net, never the metric) between the image and the
+    # photo: holds the person where perceptual + pixel fit the look but drift the identity.
+    lambda_id: float = 0.0
     perceptual_size: int = 256  # larger images are area-downsampled to this before the perceptual net
     init: Literal["w_avg", "mean_of_samples"] = "w_avg"
     init_samples: int = 10_000  # mapping samples for "mean_of_samples" and for the latent noise's scale
@@ -122,6 +125,10 @@ class GuideConfig:
     id_metric_net: str = "facenet-vggface2"
     perceptual_net: str = "stlpips-vgg"
     perceptual_size: int = 256  # larger images are area-downsampled before the perceptual net
+    # "bf16": LTU's perceptual network runs under bfloat16 autocast (AMX / AVX-512 BF16 CPUs, GPU
+    # tensor cores), its features returned as float32; the generator, the ID nets and the losses stay
+    # float32. docs/mobilestylegan-cpu.md compares it with "fp32" (ID, FID_pre, s / iteration).
+    perceptual_precision: Literal["fp32", "bf16"] = "fp32"
     # Train (and invert) at this output resolution: the generator's layers up to the block that
     # gives it, read out by a fitted RGB head (MobileStyleGAN only: 64, 128, 256 or 512; see
     # models/mobilestylegan.py); the layers above stay as they are. None: the generator's own.

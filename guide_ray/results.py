@@ -24,6 +24,8 @@ class Metrics:
     face_kept: float  # share of the after-images that are faces
     fid_pre: float  # FID between G_s and G_u images of the same latents
     fid_samples: int
+    fid_floor: float | None = None  # FID between two disjoint sets of G_s samples of fid_samples each
+    fid_pre_ratio: float | None = None  # fid_pre / fid_floor: how many floors G_u's change is
     id_others: float | None = None  # mean ID over the person's other photos
     reinversion_id: float | None = None  # the source image vs its re-inversion into G_u
     face_reinversion: float | None = None

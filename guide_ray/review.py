@@ -27,7 +27,7 @@ TITLE_H = 32  # the title strip at the top of the grid
 # The summary's columns: the identity, its outcome, its one-number metrics by their names
 # (results.Metrics), ID on the final generator (sequential fleets), time and error.
 SUMMARY_COLUMNS = ("identity", "status", "verdict", "id", "id_others", "reinversion_id", "face_kept", "fid_pre",
-                   "id_now", "audit", "time_s", "error")
+                   "fid_floor", "id_now", "audit", "time_s", "error")
 
 
 def _font(size: int):
@@ -82,7 +82,7 @@ def summary_rows(ids: list[str], ledger: dict[str, dict]) -> list[dict]:
         timings = json.loads(r.get("timings_json") or "{}")
         rows.append({"identity": ident, "status": r.get("status", "not run"), "verdict": r.get("verdict") or "",
                      **{k: _num(r.get(k)) for k in ("id", "id_others", "reinversion_id", "face_kept", "fid_pre",
-                                                    "id_now")},
+                                                    "fid_floor", "id_now")},
                      "audit": r.get("audit_verdict") or "", "time_s": _num(timings.get("total_s")),
                      "error": r.get("error") or ""})
     return rows

@@ -178,3 +178,40 @@ def test_official_guides_feature_npy_gives_its_statistics(tmp_path):
     np.save(tmp_path / "wrong.npy", feats[:, :100])
     with pytest.raises(ValueError, match=r"wrong.npy: not Inception features .*\[40, 100\]"):
         FeatureStats.load(tmp_path / "wrong.npy")
+
+
+def test_the_fid_floor_is_two_sets_of_one_generator_and_is_cached(tmp_path, monkeypatch):
+    """The floor: FID between two disjoint same-N sets of G_s samples, > 0 at small N; an unchanged
+    generator's FID_pre (the same latents) lies within it, a wrecked one's far above; the sets are
+    computed once per machine (a second Networks reads them from the cache, no Inception call)."""
+    import copy
+
+    from guide_ray.config import load_config
+    from guide_ray.core import evaluate
+    from guide_ray.models import load_generator
+    from guide_ray.run import networks
+
+    require_weights("dcgan-digiface64", "fid-inception", "stlpips-vgg", "dlib-resnet34", "facenet-vggface2")
+    g_s = load_generator("dcgan-digiface64", "cpu")
+    fingerprint, n, seed = evaluate.generator_fingerprint(g_s), 24, 123
+    nets, again = networks.Networks(load_config(), "cpu"), networks.Networks(load_config(), "cpu")
+    again._inception = nets.inception
+    monkeypatch.setattr(networks.weights, "cache_dir", lambda: tmp_path)  # the weights are loaded: only the sets go there
+    before = nets.pretrained_stats(g_s, fingerprint, n, seed, 8)
+    floor = before.fid(nets.pretrained_stats(g_s, fingerprint, n, evaluate.floor_seed(seed), 8))
+    assert floor > 0 and evaluate.floor_seed(seed) != seed
+    unchanged = evaluate.fid_scores(g_s, copy.deepcopy(g_s), nets.inception, n, seed, 8, g_s_stats=before).fid_pre
+    assert unchanged <= floor
+    wrecked = copy.deepcopy(g_s)
+    with torch.no_grad():
+        for p in wrecked.synthesis_net.parameters():
+            p.add_(torch.randn_like(p) * p.std() * 0.5)
+    assert evaluate.fid_scores(g_s, wrecked, nets.inception, n, seed, 8, g_s_stats=before).fid_pre > 1.5 * floor
+    assert len(list((tmp_path / "fid-features").glob("*.npy"))) == 2
+
+    def no_inception(*args, **kwargs):
+        raise AssertionError("the cached sets were computed again")
+
+    monkeypatch.setattr(evaluate, "generator_features", no_inception)
+    assert again.pretrained_stats(g_s, fingerprint, n, seed, 8).fid(
+        again.pretrained_stats(g_s, fingerprint, n, evaluate.floor_seed(seed), 8)) == pytest.approx(floor)

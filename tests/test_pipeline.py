@@ -37,8 +37,10 @@ def test_a_run_writes_its_files_and_its_checkpoint_reloads(nets, tmp_path, capsy
     assert result.status == "finished" and result.steps == 4
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["config"]["iterations"] == 4 and len(saved["config_hash"]) == 12
-    for key in ("id", "id_target", "reinversion_id", "inversion_id", "fid_pre"):
+    for key in ("id", "id_target", "reinversion_id", "inversion_id", "fid_pre", "fid_floor"):
         assert math.isfinite(saved["metrics"][key]), key
+    m = saved["metrics"]
+    assert m["fid_floor"] > 0 and m["fid_pre_ratio"] == pytest.approx(m["fid_pre"] / m["fid_floor"])
     assert saved["latents"]["d_effective"] == pytest.approx(30 * saved["latents"]["distance_scale"])
     assert not (tmp_path / "run" / "state.pt").exists()
     assert (tmp_path / "run" / "grid.png").stat().st_size > 1000

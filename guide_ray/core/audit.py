@@ -77,15 +77,16 @@ def starts(generator, cfg: AuditConfig, encoder: LatentEncoder | None, photo: to
 
 def reinversion_attack(generator, photo: torch.Tensor, photo_embedding: torch.Tensor, embed: Embed, perceptual,
                        projector: ProjectorConfig, cfg: AuditConfig, encoder: LatentEncoder | None = None,
-                       progress: Callable[[str], None] | None = None) -> ReinversionAttack:
-    """Attack 1: the photo projected into ``generator`` from every start of ``starts``; the best ID."""
+                       progress: Callable[[str], None] | None = None, id_net=None) -> ReinversionAttack:
+    """Attack 1: the photo projected into ``generator`` from every start of ``starts``; the best ID.
+    ``id_net``: the run's ID loss network, for a projector with lambda_id."""
     restarts, best = [], None
     with torch.no_grad():
         plan = starts(generator, cfg, encoder, photo)
     for space, init, init_ws in plan:
         settings = dataclasses.replace(projector, space=space, steps=cfg.projector_steps or projector.steps,
                                 init="w_avg" if init.startswith(("random", "encoder")) else init)
-        fit = project(generator, photo, perceptual, settings, init_ws=init_ws)
+        fit = project(generator, photo, perceptual, settings, init_ws=init_ws, id_net=id_net)
         with torch.no_grad():
             score = float(similarity(embed, photo_embedding, fit.image)[0])
         restarts.append(Restart(space, init, score, fit.losses["total"]))

@@ -6,7 +6,10 @@
 - re-inversion ID (beyond the paper): invert the source image again, into G_u, with a fresh
   projector, and compare the result with the source: can the person still be drawn at all?
 - FID_pre: FID between G_s and G_u images of the same latents; ΔFID_real: FID(G_u, real) -
-  FID(G_s, real) against statistics of real images.
+  FID(G_s, real) against statistics of real images;
+- FID floor (beyond the paper): FID between two disjoint sets of G_s samples of the same N, what
+  FID_pre would be for a generator that draws the same distribution from other latents. At small N
+  it is far from 0 (the estimate's own bias), so FID_pre is read as a multiple of it.
 """
 
 from __future__ import annotations
@@ -56,14 +59,21 @@ def generator_fingerprint(generator) -> str:
     return digest.hexdigest()[:16]
 
 
+FLOOR_SEED_OFFSET = 1_000_000  # the floor's second set: fid_seed + this, latents disjoint from FID_pre's
+
+
+def floor_seed(fid_seed: int) -> int:
+    return fid_seed + FLOOR_SEED_OFFSET
+
+
 def default_fid_samples(device: torch.device) -> int:
     """5000 as the paper on a GPU; 500 on CPU, where Inception runs at ~10 images/s."""
     return 5000 if device.type == "cuda" else 500
 
 
 @torch.no_grad()
-def generator_stats(generator, inception: InceptionFeatures, samples: int, seed: int, batch: int) -> FeatureStats:
-    """Inception statistics of ``samples`` images from z ~ N(0, I) drawn with ``seed`` (ψ = 1), and for
+def generator_features(generator, inception: InceptionFeatures, samples: int, seed: int, batch: int) -> np.ndarray:
+    """[samples, D] Inception features of images from z ~ N(0, I) drawn with ``seed`` (ψ = 1), and for
     a 3D generator random cameras drawn from the same seed, so G_s and G_u are measured on the same
     latents and views (as the official evaluate_fid.py)."""
     rng = torch.Generator().manual_seed(seed)
@@ -72,7 +82,12 @@ def generator_stats(generator, inception: InceptionFeatures, samples: int, seed:
         z = torch.randn(min(batch, samples - start), generator.z_dim, generator=rng).to(generator.device)
         camera = generator.sample_camera(len(z), rng)  # None for camera-free generators
         feats.append(inception(generator(z, camera)).double().cpu().numpy())
-    return FeatureStats.from_features(np.concatenate(feats))
+    return np.concatenate(feats)
+
+
+def generator_stats(generator, inception: InceptionFeatures, samples: int, seed: int, batch: int) -> FeatureStats:
+    """The statistics of ``generator_features``."""
+    return FeatureStats.from_features(generator_features(generator, inception, samples, seed, batch))
 
 
 @dataclass
@@ -145,7 +160,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         g_fit = g_u if g_u_fit is None else g_u_fit
         encoder = nets.encoder_for(g_fit)
         fit = project(g_fit, source_image, nets.perceptual, cfg.inversion, progress=progress,
-                      init_ws=None if encoder is None else encode(g_fit, encoder, source_image))
+                      init_ws=None if encoder is None else encode(g_fit, encoder, source_image), id_net=nets.id_loss)
         with torch.no_grad():
             metrics["reinversion_id"] = float(cosine(source_id, generated_identity(nets.id_metric, g_u, fit.ws))[0])
         (metrics["face_reinversion"],), error = face_scores(nets, g_u, fit.ws)
@@ -171,9 +186,8 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
     if any(errors):
         metrics["face_check_error"] = "; ".join(e for e in errors if e)
     samples = ev.fid_samples or default_fid_samples(nets.device)
-    key = (fingerprint, samples, ev.fid_seed)
-    if key not in nets.fid_cache:
-        nets.fid_cache[key] = generator_stats(g_s, nets.inception, samples, ev.fid_seed, ev.fid_batch)
+    before = nets.pretrained_stats(g_s, fingerprint, samples, ev.fid_seed, ev.fid_batch)
+    floor = before.fid(nets.pretrained_stats(g_s, fingerprint, samples, floor_seed(ev.fid_seed), ev.fid_batch))
     real = None
     if ev.real_stats:  # loaded once per Networks (its covariance factor is cached on it)
         if ("real", ev.real_stats) not in nets.fid_cache:
@@ -181,6 +195,7 @@ def evaluate_run(g_s, g_u, w_u, w_t, w_others, source_image, cfg: GuideConfig, n
         real = nets.fid_cache[("real", ev.real_stats)]
     g_u_stats = latest(nets, "stats_g_u", (g_u_fingerprint, samples, ev.fid_seed),
                        lambda: generator_stats(g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch))
-    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, nets.fid_cache[key], g_u_stats)
-    metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples)
+    fid = fid_scores(g_s, g_u, nets.inception, samples, ev.fid_seed, ev.fid_batch, real, before, g_u_stats)
+    metrics.update(fid_pre=fid.fid_pre, delta_fid_real=fid.delta_fid_real, fid_samples=fid.samples,
+                   fid_floor=floor, fid_pre_ratio=fid.fid_pre / floor)
     return Metrics(**metrics)

@@ -111,18 +111,23 @@ def _learning_rate(config: ProjectorConfig, step: int) -> float:
 
 def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
             config: ProjectorConfig = ProjectorConfig(), progress: ProgressFn | None = None,
-            init_ws: torch.Tensor | None = None) -> ProjectionResult:
+            init_ws: torch.Tensor | None = None, id_net: nn.Module | None = None) -> ProjectionResult:
     """Optimise a latent so that synthesis(latent) matches ``target`` ([1, 3, H, W] in [-1, 1],
     resized to the generator's resolution when needed); start from ``init_ws`` (e.g. ``encode``'s
     guess) when given, else from ``config.init``; 0 steps keep ``init_ws`` (the official GUIDE
     inverts with GOAE alone). ``progress(step, values)`` is called every step
-    with the step's perceptual, pixel and total losses and its lr."""
+    with the step's perceptual, pixel (and identity) losses, the total and its lr. ``id_net`` (an
+    identity network with ``embed_generated``) is needed when ``config.lambda_id`` > 0."""
     if config.space not in ("w", "w+"):
         raise ValueError(f"space must be 'w' or 'w+', not {config.space!r}")
     if config.steps < 0 or (config.steps == 0 and init_ws is None):
         raise ValueError(f"steps must be at least 1 (0 only with an encoder: its latent as is), got {config.steps}")
     target = _fit_target(target, generator)
     target_perceptual = _for_perceptual(target, config.perceptual_size)
+    if config.lambda_id and id_net is None:
+        raise ValueError(f"lambda_id={config.lambda_id} needs an identity network (id_net)")
+    with torch.no_grad():
+        target_id = id_net.embed_generated(target, generator.ffhq_box) if config.lambda_id else None
     noisy = config.steps > 0 and config.noise_strength > 0  # 0 steps: no mapped samples needed for it
     needs_samples = noisy or (init_ws is None and config.init == "mean_of_samples")
     samples = _mapped_latents(generator, config.init_samples, config.seed) if needs_samples else None
@@ -137,7 +142,11 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
         perceptual_loss = perceptual(_for_perceptual(image, config.perceptual_size), target_perceptual).mean()
         pixel_loss = F.mse_loss(image, target)
         total = config.lambda_perceptual * perceptual_loss + config.lambda_pixel * pixel_loss
-        return image, {"perceptual": perceptual_loss, "pixel": pixel_loss, "total": total}
+        losses = {"perceptual": perceptual_loss, "pixel": pixel_loss}
+        if target_id is not None:
+            losses["id"] = 1 - F.cosine_similarity(id_net.embed_generated(image, generator.ffhq_box), target_id).mean()
+            total = total + config.lambda_id * losses["id"]
+        return image, {**losses, "total": total}
 
     history: list[float] = []
     best = math.inf
@@ -181,7 +190,7 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
 def invert_photo(generator: Generator, path: str | Path, perceptual: nn.Module,
                  config: ProjectorConfig = ProjectorConfig(), encoder: LatentEncoder | None = None,
                  aligner=None, multiple: Literal["error", "largest"] = "error",
-                 progress: ProgressFn | None = None) -> ProjectionResult:
+                 progress: ProgressFn | None = None, id_net: nn.Module | None = None) -> ProjectionResult:
     """A face photo -> its latent: align it as the generator's images are (FaceError / ImageError
     name the file), start from the encoder's guess when one is given, then project."""
     from ..models.face_align import photo_to_generator_crop  # needs dlib, which nothing above does
@@ -189,4 +198,4 @@ def invert_photo(generator: Generator, path: str | Path, perceptual: nn.Module,
     target = photo_to_generator_crop(path, generator.resolution, aligner=aligner, multiple=multiple,
                                      box=generator.ffhq_box).to(generator.device)
     init_ws = encode(generator, encoder, target) if encoder is not None else None
-    return project(generator, target, perceptual, config, progress=progress, init_ws=init_ws)
+    return project(generator, target, perceptual, config, progress=progress, init_ws=init_ws, id_net=id_net)

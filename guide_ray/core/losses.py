@@ -81,14 +81,22 @@ class Terms:
             img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return img
 
+    def _autocast(self, img: torch.Tensor):
+        return torch.autocast(img.device.type, dtype=torch.bfloat16, enabled=self.cfg.perceptual_precision == "bf16")
+
     def perceptual_features(self, img: torch.Tensor) -> list[torch.Tensor]:
         img = self.perceptual_image(img)
-        return self.perceptual.features(img) if self.splits_features else [img]
+        if not self.splits_features:
+            return [img]
+        with self._autocast(img):
+            features = self.perceptual.features(img.contiguous(memory_format=torch.channels_last))
+        return [f.float() for f in features]
 
     def perceptual_distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
         if self.splits_features:
             return self.perceptual.distance(fa, fb)
-        return self.perceptual(fa[0], fb[0])
+        with self._autocast(fa[0]):
+            return self.perceptual(fa[0], fb[0]).float()
 
     def identity(self, img: torch.Tensor) -> torch.Tensor:
         return self.id_net.embed_generated(img, self.frame)

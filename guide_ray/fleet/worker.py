@@ -133,8 +133,7 @@ class IdentityWorker:
     def _erosion(self, erased: list[tuple[str, str]]) -> dict:
         import torch
 
-        from ..core.evaluate import (default_fid_samples, fid_scores, generator_fingerprint, generator_stats,
-                                    identity_similarity)
+        from ..core.evaluate import default_fid_samples, fid_scores, generator_fingerprint, identity_similarity
 
         ev = self.cfg.evaluation
         ids = {}
@@ -143,10 +142,8 @@ class IdentityWorker:
             ids[ident] = float(identity_similarity(self.nets.id_metric, self.original, self.generator, w_u,
                                                    ev.id_views)[0])
         samples = ev.fid_samples or default_fid_samples(self.nets.device)
-        key = (generator_fingerprint(self.original), samples, ev.fid_seed)
-        if key not in self.nets.fid_cache:
-            self.nets.fid_cache[key] = generator_stats(self.original, self.nets.inception, samples, ev.fid_seed,
-                                                       ev.fid_batch)
+        before = self.nets.pretrained_stats(self.original, generator_fingerprint(self.original), samples, ev.fid_seed,
+                                            ev.fid_batch)
         fid = fid_scores(self.original, self.generator, self.nets.inception, samples, ev.fid_seed, ev.fid_batch,
-                         None, self.nets.fid_cache[key])
+                         None, before)
         return {"id": ids, "fid_pre_vs_original": fid.fid_pre}

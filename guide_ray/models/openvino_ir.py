@@ -323,9 +323,10 @@ def _matmul(a, x, y):
 
 
 def _prelu(a, x, slope):
-    if slope.numel() > 1:
-        slope = slope.reshape(1, -1, *([1] * (x.ndim - 2)))
-    return torch.where(x >= 0, x, x * slope)
+    # torch's fused kernels: a third of the cost (and memory) of where(x >= 0, x, x * slope) and its backward
+    if slope.numel() == 1:
+        return F.leaky_relu(x, float(slope))
+    return F.prelu(x, slope.reshape(-1)) if x.ndim > 1 else torch.where(x >= 0, x, x * slope)
 
 
 def _gather(a, data, indices, axis):

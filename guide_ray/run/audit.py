@@ -127,7 +127,7 @@ def attack_generator(g, run: RunFolder, photo: torch.Tensor, others: list[torch.
         other_embeddings = [embed(o) for o in others]
     g_fit = inversion_view(g, rc)
     reinv = attacks.reinversion_attack(g_fit, photo, photo_embedding, embed, nets.perceptual, rc.inversion, cfg,
-                                       nets.encoder_for(g_fit), say)
+                                       nets.encoder_for(g_fit), say, id_net=nets.id_loss)
     if g_fit is not g:  # judged on the full generator's image, as the evaluation
         with torch.no_grad():
             reinv.best_image = g.synthesis(reinv.best_ws)
@@ -142,7 +142,7 @@ def attack_generator(g, run: RunFolder, photo: torch.Tensor, others: list[torch.
         or for a seed, w_u and neighbours of it (their ID to G_s(w_u))."""
         if others:
             settings = dataclasses.replace(rc.inversion, steps=cfg.projector_steps or rc.inversion.steps)
-            fits = [project(inversion_view(tuned, rc), o, nets.perceptual, settings) for o in others]
+            fits = [project(inversion_view(tuned, rc), o, nets.perceptual, settings, id_net=nets.id_loss) for o in others]
             with torch.no_grad():
                 images = torch.cat([tuned.synthesis(f.ws) for f in fits])
                 ids = torch.stack([attacks.similarity(embed, e, images[i:i + 1])[0]

@@ -123,7 +123,7 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     def invert(path) -> ProjectionResult:
         with progress_bar(f"{spec.id}: inverting {Path(path).name}", cfg.inversion.steps, show_progress) as bar:
             fit = invert_photo(g_fit, path, nets.perceptual, cfg.inversion, encoder=nets.encoder_for(g_fit),
-                               progress=bar_callback(bar))
+                               progress=bar_callback(bar), id_net=nets.id_loss)
         if g_fit is not generator:  # the photo as the full generator's evaluation sees it
             from ..models.face_align import photo_to_generator_crop
 
@@ -253,7 +253,8 @@ def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
 
 def grid_title(identity: str, generator: str, verdict: Verdict, metrics: Metrics) -> str:
     return (f"{identity} | {generator} | {verdict.verdict} | ID {metrics.id:.3f} | face kept "
-            f"{metrics.face_kept:.0%} | FID_pre {metrics.fid_pre:.2f}")
+            f"{metrics.face_kept:.0%} | FID_pre {metrics.fid_pre:.2f}"
+            + ("" if metrics.fid_floor is None else f" (floor {metrics.fid_floor:.1f})"))
 
 
 @torch.no_grad()

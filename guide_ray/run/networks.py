@@ -14,6 +14,7 @@ from ..models import load_encoder, load_identity_net, load_perceptual
 from ..models.face_align import default_aligner
 from ..models.face_check import FaceCheck
 from ..models.identity import cosine
+from .files import atomic_write
 
 
 class Networks:
@@ -48,6 +49,23 @@ class Networks:
         if self._id_threshold is None:
             self._id_threshold = different_person_level(self.id_metric)
         return Thresholds(self._id_threshold, self.faces.threshold, self._face_kept_min, self.faces.name)
+
+    def pretrained_stats(self, generator, fingerprint: str, samples: int, seed: int, batch: int):
+        """Inception statistics of a pre-trained generator's samples (core.evaluate.generator_stats),
+        kept in memory and in the weights cache, keyed by its weights' fingerprint, N, seed and batch:
+        a generator's FID_pre reference and floor sets are computed once per machine."""
+        key = (fingerprint, samples, seed, batch)
+        if key not in self.fid_cache:
+            from ..core.evaluate import generator_features
+            from ..models.fid import FeatureStats
+
+            # the features, not mu and sigma: for N <= D their centred rows factor sigma exactly (no eigh)
+            path = weights.cache_dir() / "fid-features" / f"{fingerprint}-n{samples}-seed{seed}-b{batch}.npy"
+            if not path.is_file():
+                features = generator_features(generator, self.inception, samples, seed, batch)
+                atomic_write(path, lambda f: np.save(f, features))
+            self.fid_cache[key] = FeatureStats.from_features(np.load(path))
+        return self.fid_cache[key]
 
     @property
     def inception(self):
