@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 # A separate environment for native oracles that conflict with the main one (OpenCV 4.5.5 + NumPy 1).
 ORACLE ?= .venv-oracle
 OUT ?= outputs/demo
+PHOTO_OUT ?= outputs/demo-photo
 UI_PORT ?= 5000
 
-.PHONY: demo ui mlflow-server head head-stop quick test install dev weights browser clean
+.PHONY: demo demo-photo ui mlflow-server head head-stop quick test install dev weights browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,13 @@ demo: weights
 	$(BIN)/python -m guide_ray.fleet jobs/demo/ids.csv --generator dcgan-digiface64 \
 		--config jobs/configs/demo-cpu.yaml --out $(OUT)
 	@echo "MLflow UI: make ui   (then open http://127.0.0.1:5000 and pick 'Model training' in the sidebar)"
+
+# A real person erased at 1024²: openpeople's P001 (jobs/demo/photo.csv) from mobilestylegan-ffhq1024 with
+# the CPU preset (~40 min on 2 cores), then its picture: photo, before, UFO target, after, 8 samples before/after.
+demo-photo: weights
+	$(BIN)/python -m guide_ray.fleet jobs/demo/photo.csv --generator mobilestylegan-ffhq1024 \
+		--config jobs/configs/mobilestylegan-cpu.yaml --out $(PHOTO_OUT)
+	$(BIN)/python benchmarks/erasure_figure.py $$(ls -dt $(PHOTO_OUT)/runs/parallel-*/P001 | head -1) --out $(PHOTO_OUT)/P001.png
 
 # The MLflow UI on the demo's store (OUT=... for another fleet's out dir), on loopback only.
 ui: $(VENV)/.installed

@@ -65,7 +65,8 @@ def main(argv=None) -> int:
             w_u = torch.load(latent_file, map_location=g.device, weights_only=True)
         else:
             t0 = time.perf_counter()
-            src = invert_identity(g, IdentitySpec(person, image=root / person / "assets" / args.photo), cfg, nets)
+            src = invert_identity(g, IdentitySpec(person, image=root / person / "assets" / args.photo), cfg, nets,
+                                  show_progress=False)
             seconds = time.perf_counter() - t0
             w_u = src.w_u
             with torch.no_grad():

@@ -179,6 +179,43 @@ def test_straightforward_and_optimised_loops_agree(problem_parts):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_perceptual_agrees_with_fp32_and_really_runs_in_bf16(problem_parts, monkeypatch):
+    """perceptual_precision=bf16: the same step's losses and gradients as fp32 within bf16's rounding,
+    and the perceptual convolutions do run in bfloat16 (autocast is on), in float32 without."""
+    import dataclasses
+
+    cfg, g, w_u, ident, per = problem_parts
+    seen = []
+    forward = per.conv.forward
+    def recorded(x):
+        y = forward(x)
+        seen.append(y.dtype)  # autocast casts inside the convolution: its output says which precision ran
+        return y
+
+    monkeypatch.setattr(per.conv, "forward", recorded)
+
+    def step(precision):
+        generator = TinyGenerator()
+        params = select_trainable(generator, cfg.trainable)
+        problem = Problem(generator, w_u, dataclasses.replace(cfg, perceptual_precision=precision), ident, per)
+        with torch.no_grad():  # every term non-zero, the same perturbation for both
+            torch.manual_seed(3)
+            for _, p in params:
+                p.add_(0.05 * torch.randn_like(p))
+        seen.clear()
+        losses = problem.step_optimised(problem.sampler.draw())
+        losses["total"].backward()
+        return losses.floats(), torch.cat([p.grad.flatten() for _, p in params]), set(seen)
+
+    fp32, grad32, dtypes32 = step("fp32")
+    bf16, grad16, dtypes16 = step("bf16")
+    assert dtypes32 == {torch.float32} and dtypes16 == {torch.bfloat16}
+    assert fp32["global"] > 0
+    for key in fp32:
+        assert bf16[key] == pytest.approx(fp32[key], rel=3e-2, abs=1e-3), key
+    assert F.cosine_similarity(grad32, grad16, dim=0) > 0.99
+
+
 def test_rehearsal_is_eq4_between_g_u_and_g_s_of_earlier_identities_in_both_loops(problem_parts):
     cfg, g, w_u, ident, per = problem_parts
     cfg.rehearsal, cfg.rehearse_per_step = 0.4, 2
