@@ -7,7 +7,8 @@ training view), G_u(w_u)'s face score and how four other latents keep their iden
 
 Every ``--every`` steps one JSON line (OUT/NAME/log.jsonl, printed too): step, ID (FaceNet, G_s(w_u)
 vs G_u(w_u)) on 1024² renders and on the training view, face score of G_u(w_u), mean ID of four other
-latents to themselves (1 = kept), s / iteration, the step's losses. At the end OUT/NAME/strip.png:
+latents to themselves (1 = kept), given a run's latents.pt the mean ID of its other photos' latents
+(ID_others), s / iteration, the step's losses. At the end OUT/NAME/strip.png:
 G_s(w_u), G_s(w_t), G_u(w_u), then two other latents before and after. The search of
 docs/mobilestylegan-cpu.md ran this on P003 (the hardest portrait); the winner is judged in full by
 `guide-ray fleet` (verdict, ID_others, FID_pre against its floor).
@@ -34,18 +35,21 @@ from guide_ray.run.networks import Networks
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--latent", required=True, help="w_u [1, num_ws, w_dim] (photo_inversion.py's PERSON.pt)")
+    p.add_argument("--latent", required=True, help="w_u [1, num_ws, w_dim] (photo_inversion.py's PERSON.pt), or a "
+                   "run's latents.pt (its w_u, and its other photos' w_others for the ID_others curve)")
     p.add_argument("--name", required=True)
     p.add_argument("--config", default="jobs/configs/mobilestylegan-cpu.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--every", type=int, default=50)
+    p.add_argument("--fid", type=int, default=0, help="at the end, FID_pre and its floor on this many 1024² samples")
     p.add_argument("--out", default="outputs/ltu-recipes")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
     g = load_generator("mobilestylegan-ffhq1024", args.device)
     nets = Networks(cfg, g.device)
-    w_u = torch.load(args.latent, map_location=g.device, weights_only=True)
+    latent = torch.load(args.latent, map_location=g.device, weights_only=True)
+    w_u, w_photos = (latent["w_u"], latent["w_others"]) if isinstance(latent, dict) else (latent, None)
     g_train = training_view(g, cfg)
     t0 = time.perf_counter()
     run = Unlearning(g_train, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces)
@@ -68,11 +72,25 @@ def main(argv=None) -> int:
                        "id_view": float(identity_similarity(nets.id_metric, run.problem.g_s, g_train, w_u, 1)[0]),
                        "face_after": float(nets.faces(g.synthesis(w_u))[0]),
                        "others_kept": float(identity_similarity(nets.id_metric, g_s, g, others, 1).mean()),
+                       # the person's other photos: G_s vs G_u on their latents (the run's ID_others)
+                       "id_others": None if w_photos is None else
+                       float(identity_similarity(nets.id_metric, g_s, g, w_photos, 1).mean()),
                        "s_per_iteration": trained / max(run.step, 1), "setup_s": setup, "status": run.status,
                        "losses": run.history[-1] if run.history else {}}
             print(json.dumps(row), flush=True)
             log.write(json.dumps(row) + "\n")
             log.flush()
+    if args.fid:
+        from guide_ray.core.evaluate import fid_scores, floor_seed, generator_fingerprint
+
+        ev, fingerprint = cfg.evaluation, generator_fingerprint(g_s)
+        before = nets.pretrained_stats(g_s, fingerprint, args.fid, ev.fid_seed, ev.fid_batch)
+        floor = before.fid(nets.pretrained_stats(g_s, fingerprint, args.fid, floor_seed(ev.fid_seed), ev.fid_batch))
+        fid = fid_scores(g_s, g, nets.inception, args.fid, ev.fid_seed, ev.fid_batch, g_s_stats=before).fid_pre
+        row = {"name": args.name, "step": run.step, "fid_pre": fid, "fid_floor": floor, "fid_samples": args.fid}
+        print(json.dumps(row), flush=True)
+        with open(out / "log.jsonl", "a") as log:
+            log.write(json.dumps(row) + "\n")
     with torch.no_grad():
         pictures = [g_s.synthesis(w_u), g_s.synthesis(run.problem.w_t), g.synthesis(w_u),
                     *(g_s.synthesis(w[None]) for w in others[:2]), *(g.synthesis(w[None]) for w in others[:2])]
