@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from guide_ray.allocator import keep_freed_memory
 from guide_ray.config import load_config
 from guide_ray.core.evaluate import generated_identity
 from guide_ray.run.networks import different_person_level
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--geometries", default="w+,auto", help="Eq. 3 geometries to compare (auto: the default)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the CLIs do: the timings are the tool's (guide_ray/allocator.py)
     cfg = load_config()
     g = load_generator(args.generator, args.device)
     metric = load_identity_net(cfg.id_metric_net, g.device)

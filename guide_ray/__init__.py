@@ -1,8 +1,4 @@
 import os
 
-from .allocator import keep_freed_memory
-
-keep_freed_memory()
-
 # MLflow 3 sends usage telemetry to the internet unless told not to; guide_ray works offline.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

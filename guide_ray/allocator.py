@@ -5,7 +5,10 @@ gives them back on free; a training step frees and re-allocates the same few hun
 activations, so the kernel zero-fills them again every step. On the 2-core CPU machine that kernel
 time equalled the compute time (MobileStyleGAN at 256², `sys` 47 s vs `user` 87 s) and an LTU step
 took 11.3 s; with mmaps only above 1 GiB and no trimming it takes 7.1 s (the same math: nothing but
-where memory comes from changes). Applied once on import of guide_ray; a no-op without glibc.
+where memory comes from changes). A process-wide setting, so applied only by the processes that
+train or invert (the CLIs, the fleet's, sweep's and Ray Train's workers, the benchmarks), never
+on import: a process that merely imports guide_ray (an MLflow pyfunc server) keeps its malloc.
+A no-op without glibc.
 """
 
 from __future__ import annotations

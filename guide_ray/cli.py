@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import weights
+from .allocator import keep_freed_memory
 
 # What `unlearn` prints of an identity's metrics (all of them are in result.json).
 SHOWN_METRICS = ("id", "id_others", "reinversion_id", "inversion_id", "face_kept", "fid_pre", "fid_floor", "fid_pre_ratio",
@@ -457,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     try:
         return args.func(args)
     except (weights.WeightsError, ValueError, OSError) as e:  # bad input: a message, not a traceback

@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from guide_ray import weights
+from guide_ray.allocator import keep_freed_memory
 from guide_ray.models.dcgan import _dcgan_net
 from tests.helpers import NETS, TINY, TINY_AUDIT, fetch, free_port, require_weights, sets, stop_process_group, submit_fleet, wait_for
+
+
+keep_freed_memory()  # the suite trains in its own process as the commands do (guide_ray/allocator.py)
 
 @pytest.fixture(scope="session")
 def mobilestylegan():

@@ -400,7 +400,7 @@ def test_unlearn_tiny_eg3d_end_to_end():
     before = {n: p.detach().clone() for n, p in g.named_parameters()}
     result = unlearn(g, w_u, cfg, PooledIdentity(), TinyPerceptual())
 
-    assert result.status == "finished" and result.steps_run == 3
+    assert result.status == "finished" and result.steps == 3
     assert set(result.trainable) == {f"G.{n}" for n, _ in g.G.named_parameters() if n.startswith("backbone.synthesis.")}
     for name, p in g.named_parameters():  # mapping, decoder, superresolution: frozen
         if not name.startswith("G.backbone.synthesis."):

@@ -189,6 +189,10 @@ def test_joint_fleet_on_ray_train_resumes_a_killed_worker_from_its_checkpoint(cl
     joint = json.loads(next(out.glob("runs/*/_joint/joint.json")).read_text())
     assert joint["steps"] == 40 and joint["workers"] == 2 and joint["identities_per_step"] == 4
     assert joint["started_at_step"] > 0 and joint["started_at_step"] % 5 == 0, joint["started_at_step"]
+    assert len(joint["losses"]) == 40  # the whole run's losses and time, not the last attempt's
+    for person in people:
+        record = json.loads(next(out.glob(f"runs/*/{person}/result.json")).read_text())
+        assert record["steps"] == 40 and record["timings"]["unlearn_s"] == pytest.approx(joint["seconds"])
     rows = check_records(out, people, "joint")
     assert all(r["verdict"] == "erased" and r["checkpoint_uri"].endswith("_joint/checkpoint.safetensors")
                for r in rows.values())

@@ -304,7 +304,9 @@ def test_resume_continues_exactly(problem_parts):
     assert [s["step"] for s in states] == [3, 6, 6]
     resumed = TinyGenerator()
     result = unlearn(resumed, w_u, cfg, ident, per, resume=states[0])
-    assert result.steps_run == 3
+    assert result.steps == 6 and result.resumed_from == 3
+    assert len(result.history) == 6 and result.history[:3] == states[0]["history"]  # the whole run's losses
+    assert result.seconds > states[0]["seconds"] > 0
     for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(a, b, msg=n)
 

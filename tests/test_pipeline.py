@@ -84,6 +84,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(nets, tmp_path, monkeypatch
     resumed = dcgan()
     result = run_identity(resumed, IdentitySpec("s3", seed=3), cfg, nets, tmp_path / "cut", show_progress=False)
     assert result.steps == 4
+    whole_losses, cut_losses = (json.loads((tmp_path / d / "losses.json").read_text()) for d in ("whole", "cut"))
+    assert [r["step"] for r in cut_losses] == [0, 1, 2, 3]  # the whole run's losses, not the last attempt's
+    assert [r["total"] for r in cut_losses] == pytest.approx([r["total"] for r in whole_losses])
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(a, b, msg=name)
     other = load_config(overrides=QUICK + ["lr=0.5"])

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import GuideConfig
 from .losses import Targets, Terms, adjacent_deltas
-from .ltu import LTUResult, StepLoss, Unlearning, select_trainable, target_latent
+from .ltu import LTUResult, RunRandomness, StepLoss, Unlearning, select_trainable, target_latent
 from .ufo import FaceTarget, distance_scale, face_target, geometry_for
 
 DISTINCT_TRIES = 3  # re-aimings of one identity's target before it is left as it is (and recorded)
@@ -232,10 +232,11 @@ class JointUnlearning(Unlearning):
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
                  progress: Callable[[int, dict], None] | None = None,
                  on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None):
-        torch.manual_seed(cfg.seed)
+        self.randomness = RunRandomness(cfg.seed, generator.device)
         params = select_trainable(generator, cfg.trainable)
-        self.problem = JointProblem(generator, w_us, cfg, id_net, perceptual, identities_per_step=identities_per_step,
-                                    rank=rank, world=world, face_check=face_check, distinct=distinct)
+        with self.randomness.active():
+            self.problem = JointProblem(generator, w_us, cfg, id_net, perceptual, identities_per_step=identities_per_step,
+                                        rank=rank, world=world, face_check=face_check, distinct=distinct)
         self.model = wrap(self.problem)
         self._begin(generator, cfg, params, progress, on_checkpoint, resume)
 
@@ -252,13 +253,5 @@ class JointUnlearning(Unlearning):
         return bool(finite.item())
 
     def finish(self) -> JointResult:
-        if self.status == "running":
-            self.status = "finished"
-            self._checkpoint()
-        for _, p in self.params:
-            p.grad = None
-        trainable = [n for n, _ in self.params]
-        return JointResult([LTUResult(target=t, distance_scale=self.problem.distance_scale, status=self.status,
-                                      message=self.message, steps_run=self.step - self.start, seconds=self.seconds,
-                                      history=self.history, trainable=trainable, g_s=self.problem.g_s)
-                            for t in self.problem.targets], self.problem.clashes)
+        self.close()
+        return JointResult([self.result_for(t) for t in self.problem.targets], self.problem.clashes)

@@ -10,6 +10,7 @@ Two loops with the same math and the same random draws:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
@@ -270,9 +271,10 @@ class LTUResult:
     distance_scale: float  # config distances -> this generator's latent units
     status: str  # "finished" | "diverged"
     message: str
-    steps_run: int
-    seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int  # the run's steps from 0, over every attempt (a resumed run included)
+    seconds: float  # LTU time of those steps (an attempt's steps after its last checkpoint are redone, not counted)
+    history: list[dict[str, float]] = field(default_factory=list)  # the losses of those steps, in order
+    resumed_from: int = 0  # the step this attempt started at (> 0: resumed from a checkpoint)
     trainable: list[str] = field(default_factory=list)
     g_s: torch.nn.Module | None = None  # the frozen pre-trained generator
 
@@ -285,6 +287,45 @@ def trainable_state(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, t
     return {n: p.detach().clone() for n, p in params}
 
 
+class RunRandomness:
+    """torch's global random streams as one run sees them, seeded by ``cfg.seed`` and kept apart
+    from the process's: the run's own draws take explicit generators, but a network may draw from
+    the global streams (EG3D's renderer with ``deterministic_sampling=False``); inside ``active()``
+    those draws continue the run's streams, and the caller's streams are as they were after."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.device = torch.device(device)
+        self.cuda, self.live = self.device.type == "cuda", False
+        with self._forked():
+            torch.default_generator.manual_seed(seed)
+            if self.cuda:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
+            self.state = self._capture()
+
+    def _forked(self):
+        return torch.random.fork_rng(devices=[self.device] if self.cuda else [])
+
+    def _capture(self) -> dict:
+        return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None}
+
+    def snapshot(self) -> dict:
+        """The streams now (for a checkpoint, inside ``active()`` or not)."""
+        return self._capture() if self.live else dict(self.state)
+
+    @contextlib.contextmanager
+    def active(self):
+        with self._forked():
+            torch.set_rng_state(self.state["cpu"])
+            if self.cuda:
+                torch.cuda.set_rng_state(self.state["cuda"], self.device)
+            self.live = True
+            try:
+                yield
+            finally:
+                self.state, self.live = self._capture(), False
+
+
 class Unlearning:
     """One LTU run on ``generator`` in place (it becomes G_u), advanced in steps: ``advance(n)``
     runs up to step n, ``finish()`` returns the result. G_s is kept as a frozen copy.
@@ -292,7 +333,8 @@ class Unlearning:
     ``on_checkpoint(state)`` receives, every ``checkpoint_every`` steps and at the end, a dict
     with the step, the trainable tensors, the optimiser and sampler states; passing such a dict as
     ``resume`` continues the run exactly. A non-finite loss stops the run and restores the last
-    checkpointed weights (status "diverged"). ``face_check`` (images -> face scores with a
+    checkpointed weights (status "diverged"). torch's global RNG is the caller's before and after
+    (RunRandomness). ``face_check`` (images -> face scores with a
     ``threshold``, models.face_check.FaceCheck) makes sure the target G_s(w_t) is a face.
     """
 
@@ -302,11 +344,12 @@ class Unlearning:
                  rehearse: torch.Tensor | None = None):
         if loop not in ("optimised", "straightforward"):
             raise ValueError(f"loop must be 'optimised' or 'straightforward', not {loop!r}")
-        torch.manual_seed(cfg.seed)
+        self.randomness = RunRandomness(cfg.seed, generator.device)
         params = select_trainable(generator, cfg.trainable)
-        self.problem = Problem(generator, w_u, cfg, id_net, perceptual, face_check, rehearse)
-        if loop == "optimised":
-            self.problem.fill_pool()
+        with self.randomness.active():
+            self.problem = Problem(generator, w_u, cfg, id_net, perceptual, face_check, rehearse)
+            if loop == "optimised":
+                self.problem.fill_pool()
         self.step_fn = self.problem.step_optimised if loop == "optimised" else self.problem.step_straightforward
         self._begin(generator, cfg, params, progress, on_checkpoint, resume)
         if resume is not None:
@@ -317,16 +360,20 @@ class Unlearning:
         self.cfg, self.generator, self.params = cfg, generator, params
         self.progress, self.on_checkpoint = progress, on_checkpoint
         self.optimizer = optimizer_for(generator, params, cfg.lr)
-        self.start = 0
+        self.start, self.history, self.seconds = 0, [], 0.0
         if resume is not None:
             with torch.no_grad():
                 for name, p in params:
                     p.copy_(resume["trainable"][name])
             self.optimizer.load_state_dict(resume["optimizer"])
             self.start = resume["step"]
+            # the earlier attempts' losses and time (a checkpoint written before it carried them has none)
+            self.history, self.seconds = list(resume.get("history", [])), float(resume.get("seconds", 0.0))
+            if "torch_rng" in resume:  # nor, then, the run's own random streams
+                self.randomness.state = resume["torch_rng"]
         self.good, self.good_step = trainable_state(params), self.start
-        self.step, self.history, self.status, self.message = self.start, [], "running", ""
-        self.seconds = 0.0
+        self.step, self.status, self.message = self.start, "running", ""
+        self.advancing_since: float | None = None  # perf_counter() at the start of the advance() under way
 
     def losses(self) -> StepLoss:
         """The next step's losses."""
@@ -340,10 +387,12 @@ class Unlearning:
         return self.status != "running"
 
     def state(self) -> dict:
-        """What ``resume`` continues from: the step, the trainable tensors, the optimiser and sampler
-        states (the dict ``on_checkpoint`` receives), taken now."""
+        """What ``resume`` continues from: the step, the trainable tensors, the optimiser, sampler and
+        random states, the losses and seconds so far (the dict ``on_checkpoint`` receives), taken now."""
+        running = time.perf_counter() - self.advancing_since if self.advancing_since is not None else 0.0
         return {"step": self.step, "trainable": trainable_state(self.params),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()), **self.draws_state()}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "torch_rng": self.randomness.snapshot(),
+                "history": list(self.history), "seconds": self.seconds + running, **self.draws_state()}
 
     def draws_state(self) -> dict:
         """What the random draws need to continue: the sampler's generator state."""
@@ -355,8 +404,18 @@ class Unlearning:
 
     def advance(self, until: int) -> None:
         """Run steps up to ``until`` (at most ``iterations``); the generator is in eval mode after."""
-        until, t0 = min(until, self.cfg.iterations), time.perf_counter()
+        until, self.advancing_since = min(until, self.cfg.iterations), time.perf_counter()
         self.generator.train()
+        with self.randomness.active():
+            self._steps(until)
+        self.seconds += time.perf_counter() - self.advancing_since
+        self.advancing_since = None
+        if self.step == self.cfg.iterations and not self.done:
+            self.status = "finished"
+            self._checkpoint()
+        self.generator.eval()
+
+    def _steps(self, until: int) -> None:
         while not self.done and self.step < until:
             losses = self.losses()
             total = losses["total"]
@@ -378,22 +437,24 @@ class Unlearning:
             if self.step % self.cfg.checkpoint_every == 0:
                 self.good, self.good_step = trainable_state(self.params), self.step
                 self._checkpoint()
-        if self.step == self.cfg.iterations and not self.done:
-            self.status = "finished"
-            self._checkpoint()
-        self.generator.eval()
-        self.seconds += time.perf_counter() - t0
 
-    def finish(self) -> LTUResult:
-        """The result; a run stopped before ``iterations`` counts as finished at its last step."""
+    def close(self) -> None:
+        """End the run: one stopped before ``iterations`` counts as finished at its last step."""
         if self.status == "running":
             self.status = "finished"
             self._checkpoint()
         for _, p in self.params:
             p.grad = None
-        return LTUResult(target=self.problem.target, distance_scale=self.problem.distance_scale, status=self.status,
-                         message=self.message, steps_run=self.step - self.start, seconds=self.seconds,
+
+    def result_for(self, target: FaceTarget) -> LTUResult:
+        """The run's record for one identity's ``target``."""
+        return LTUResult(target=target, distance_scale=self.problem.distance_scale, status=self.status,
+                         message=self.message, steps=self.step, resumed_from=self.start, seconds=self.seconds,
                          history=self.history, trainable=[n for n, _ in self.params], g_s=self.problem.g_s)
+
+    def finish(self) -> LTUResult:
+        self.close()
+        return self.result_for(self.problem.target)
 
 
 def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, **kwargs) -> LTUResult:
@@ -404,4 +465,4 @@ def unlearn(generator, w_u: torch.Tensor, cfg: GuideConfig, id_net, perceptual, 
 
 
 def seconds_per_iteration(result: LTUResult) -> float:
-    return result.seconds / result.steps_run if result.steps_run else math.nan
+    return result.seconds / result.steps if result.steps else math.nan

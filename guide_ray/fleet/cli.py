@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..allocator import keep_freed_memory
 from ..config import ConfigError, GuideConfig, from_dict, load_audit_config, load_config, to_dict
 from ..run.files import write_json
 from ..run.ids import IdsError, read_ids
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="audit settings (config.AuditConfig), with --audit")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    keep_freed_memory()
     out = Path(args.out).resolve()
     try:
         if args.resume:

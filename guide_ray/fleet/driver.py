@@ -8,12 +8,11 @@ import shutil
 import sys
 import tempfile
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 
 from ..config import AuditConfig, GuideConfig, config_hash, to_dict
 from ..core.verdict import VERDICTS
-from ..ray_session import ray_session, worker_env
+from ..ray_session import ray_session, size_workers, worker_env
 from ..results import SCALARS, RunResult
 from ..run.files import write_json
 from ..run.identity import IdentitySpec
@@ -65,18 +64,10 @@ class Fleet:
     def _actors(self, count: int):
         import ray
 
-        resources = ray.cluster_resources()
-        if resources.get("GPU", 0) > 0 and self.gpus_per_worker > 0:
-            count = count or max(1, int(resources["GPU"] / self.gpus_per_worker))
-            options = {"num_gpus": self.gpus_per_worker, "num_cpus": 1}
-            threads = None
-        else:
-            count = count or 1
-            threads = max(1, int(resources.get("CPU", 1) // count))
-            options = {"num_cpus": threads}
+        size = size_workers(count, self.gpus_per_worker)
         remote = ray.remote(max_restarts=-1, max_task_retries=2)(IdentityWorker)
-        actors = [remote.options(**options, runtime_env=worker_env()).remote(
-            self.generator, to_dict(self.cfg), None, threads, self.checkpoint) for _ in range(count)]
+        actors = [remote.options(num_gpus=size.gpus, num_cpus=size.threads, runtime_env=worker_env()).remote(
+            self.generator, to_dict(self.cfg), None, size.threads, self.checkpoint) for _ in range(size.count)]
         try:
             ray.get([a.ready.remote() for a in actors])
         except ray.exceptions.RayActorError as e:
@@ -218,7 +209,7 @@ class Fleet:
         while pending or inflight:
             while idle and pending:
                 actor, spec = idle.pop(), pending.popleft()
-                inflight[actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id), live=self._live())] = (actor, spec)
+                inflight[actor.unlearn.remote(spec.to_dict(), str(self.runs / spec.id), live=self._live())] = (actor, spec)
             counts["running"] = len(inflight)
             bar.set_postfix(done=counts["finished"], running=counts["running"], failed=counts["failed"])
             ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -256,7 +247,7 @@ class Fleet:
                 erased.append((spec.id, str(self.runs / spec.id / "latents.pt")))
                 continue
             counts["running"] = 1
-            ref = actor.unlearn.remote(spec_dict(spec), str(self.runs / spec.id), start_from, list(erased),
+            ref = actor.unlearn.remote(spec.to_dict(), str(self.runs / spec.id), start_from, list(erased),
                                        live=self._live())
             result = _get(ref, spec)
             row = self._record(result, step, previous)
@@ -292,11 +283,6 @@ def _start_generator(generator: str, tracking_uri: str, out: Path) -> tuple[str,
         raise FleetError(f"--generator {e}") from None
     return found.base, str(local), {"uri": generator, "pinned": found.pinned, "base": found.base,
                                     "checkpoint_sha256": sha, "identities": found.reference.get("identities")}
-
-
-def spec_dict(spec: IdentitySpec) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v)
-            for k, v in asdict(spec).items()}
 
 
 def _scalars(row: dict) -> dict[str, float]:

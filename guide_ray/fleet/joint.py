@@ -28,12 +28,14 @@ def train_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
+    from ..allocator import keep_freed_memory
     from ..models import load_generator
     from ..run.identity import IdentitySpec
     from ..run.joint import run_joint
     from ..run.networks import Networks
     from .worker import LiveMetrics
 
+    keep_freed_memory()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     pids = Path(config["runs"]) / JOINT
@@ -44,8 +46,7 @@ def train_loop(config: dict) -> None:
     cfg = from_dict(GuideConfig, config["cfg"])
     generator = load_generator(config["generator"], device, checkpoint=config["checkpoint"])
     nets = Networks(cfg, device)
-    specs = [IdentitySpec(s["id"], Path(s["image"]) if s["image"] else None, s["seed"], [Path(p) for p in s["others"]])
-             for s in config["specs"]]
+    specs = [IdentitySpec(**s) for s in config["specs"]]
     resume = None
     saved = ray.train.get_checkpoint()
     if saved is not None:
@@ -88,28 +89,22 @@ def run_trainer(*, specs: list, cfg: GuideConfig, generator: str, checkpoint: st
     identities, rounded down to a multiple of the workers."""
     import json
 
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ..ray_session import worker_env
-    from .driver import spec_dict
+    from ..ray_session import size_workers, worker_env
 
-    resources = ray.cluster_resources()
-    use_gpu = resources.get("GPU", 0) > 0 and gpus_per_worker > 0
-    if not workers:
-        workers = max(1, int(resources["GPU"] / gpus_per_worker)) if use_gpu else 1
-    per_step = cfg.identities_per_step or len(specs) // workers * workers
+    size = size_workers(workers, gpus_per_worker)
+    per_step = cfg.identities_per_step or len(specs) // size.count * size.count
     if not per_step:
-        raise ValueError(f"{len(specs)} identities cannot be shared by {workers} workers: use fewer workers")
-    threads = 1 if use_gpu else max(1, int(resources.get("CPU", 1) // workers))
-    per_worker = {"GPU": gpus_per_worker, "CPU": 1} if use_gpu else {"CPU": threads}
+        raise ValueError(f"{len(specs)} identities cannot be shared by {size.count} workers: use fewer workers")
+    per_worker = {"GPU": size.gpus, "CPU": size.threads} if size.gpus else {"CPU": size.threads}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": to_dict(cfg), "generator": generator, "checkpoint": checkpoint,
-                           "specs": [spec_dict(s) for s in specs], "runs": str(runs), "threads": threads,
+                           "specs": [s.to_dict() for s in specs], "runs": str(runs), "threads": size.threads,
                            "identities_per_step": per_step, "live": live},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(num_workers=size.count, use_gpu=size.gpus > 0, resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=str(runs / "_ray_train"),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -76,8 +76,10 @@ class IdentityWorker:
         import torch
 
         from ..models import load_generator
+        from ..allocator import keep_freed_memory
         from ..run.networks import Networks
 
+        keep_freed_memory()
         if threads:
             torch.set_num_threads(threads)
         self.cfg = from_dict(GuideConfig, cfg)

@@ -38,7 +38,7 @@ class RunExists(ValueError):
 @dataclass
 class IdentitySpec:
     """Who to erase: a photo (``image``) or a seed (the Random scenario); ``others`` are photos
-    of the same person used only for ID_others."""
+    of the same person used only for ID_others. Paths given as strings become Paths."""
 
     id: str
     image: Path | None = None
@@ -48,6 +48,13 @@ class IdentitySpec:
     def __post_init__(self):
         if (self.image is None) == (self.seed is None):
             raise ValueError(f"identity {self.id!r}: give exactly one of image and seed")
+        self.image = None if self.image is None else Path(self.image)
+        self.others = [Path(p) for p in self.others]
+
+    def to_dict(self) -> dict:
+        """JSON-ready (paths as strings); ``IdentitySpec(**d)`` gives the spec back."""
+        return {"id": self.id, "image": None if self.image is None else str(self.image), "seed": self.seed,
+                "others": [str(p) for p in self.others]}
 
 
 def progress_bar(desc: str, total: int, enabled: bool):
@@ -186,11 +193,11 @@ def run_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks
         ltu = unlearn(g_train, w_u, cfg, nets.id_loss, nets.perceptual, face_check=nets.faces, loop=loop,
                       progress=progress, on_checkpoint=save_state, resume=resume, rehearse=rehearse)
     return record_identity(generator, spec, cfg, nets, out, ltu, sources, times, t_start, g_train=g_train, loop=loop,
-                           first_step=resume["step"] if resume else 0, show_progress=show_progress)
+                           show_progress=show_progress)
 
 
 def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Networks, out: Path, ltu, sources: SourceLatents,
-                    times: dict[str, float], t_start: float, *, g_train, loop: str, first_step: int = 0,
+                    times: dict[str, float], t_start: float, *, g_train, loop: str,
                     checkpoint: Path | None = None, show_progress: bool = False) -> RunResult:
     """Evaluate G_u (``generator``, trained through ``g_train``) on ``spec`` after LTU (``ltu``: an
     LTUResult) and write the run's files: checkpoint.safetensors (unless ``checkpoint`` names one
@@ -199,7 +206,7 @@ def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     w_u, w_others = sources.w_u, sources.w_others
     g_s = ltu.g_s.full
     times["unlearn_s"] = ltu.seconds
-    times["s_per_iteration"] = ltu.seconds / ltu.steps_run if ltu.steps_run else None
+    times["s_per_iteration"] = ltu.seconds / ltu.steps if ltu.steps else None
 
     t = time.perf_counter()
     photo = spec.image is not None
@@ -221,7 +228,8 @@ def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     title = grid_title(spec.id, generator.name, verdict, metrics) + ("" if ltu.status == "finished" else f" | {ltu.status}")
     save_png(run_grid(g_s, generator, w_u, ltu.w_t, w_others, sources.source_image if spec.image else None,
                       sources.others_images, title), out / "grid.png")
-    write_json(out / "losses.json", [{"step": first_step + i, **h} for i, h in enumerate(ltu.history)])
+    first = ltu.steps - len(ltu.history)  # > 0 only after a resume from a checkpoint that kept no history
+    write_json(out / "losses.json", [{"step": first + i, **h} for i, h in enumerate(ltu.history)])
     times["total_s"] = time.perf_counter() - t_start
     scale = ltu.distance_scale
     result = RunResult(
@@ -231,7 +239,7 @@ def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
                 "others": [str(p) for p in spec.others]},
         config=to_dict(cfg), config_hash=cfg_hash, loop=loop,
         train_resolution=g_train.resolution, resolution=generator.resolution,
-        metrics=metrics, timings=times, steps=ltu.steps_run + first_step,
+        metrics=metrics, timings=times, steps=ltu.steps,
         final_losses=ltu.history[-1] if ltu.history else None, inversion_losses=sources.inversion_losses,
         latents={
             "distance_scale": scale, "geometry": ltu.target.geometry,

@@ -93,8 +93,8 @@ def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Netw
         w_us = torch.cat([s.w_u for s in sources])
         write_json(joint_dir / "joint.json", {
             "identities": [s.id for s in specs], "identities_per_step": identities_per_step, "workers": world,
-            "steps": result.steps_run + (resume["step"] if resume else 0), "seconds": result.seconds,
-            "started_at_step": resume["step"] if resume else 0,  # > 0: resumed from a checkpoint
+            "steps": result.steps, "seconds": result.seconds,  # the whole run, every attempt
+            "started_at_step": result.resumed_from,  # > 0: this attempt resumed from a checkpoint
             "status": result.status, "message": result.message,
             "target_clashes": {specs[j].id: [specs[i].id for i in c] for j, c in enumerate(joint.clashes) if c},
             # distinct identities must not end as one face: ID between the erased faces G_u(w_u^i), and

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..allocator import keep_freed_memory
 from .driver import SweepInterrupted, run_sweep
 from .results import export_config, export_generators, pick
 from .spec import OBJECTIVES, SweepError, load_sweep
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                    "score (default), unlearning or preservation, or a trial id")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress table")
     args = p.parse_args(argv)
+    keep_freed_memory()
     try:
         sweep = load_sweep(args.config, args.set)
         if args.out:

@@ -31,6 +31,9 @@ class Trial(tune.Trainable):
         import ray
         import torch
 
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()
         resources = self.trial_resources.required_resources if self.trial_resources else {}
         torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
         self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
