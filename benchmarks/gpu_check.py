@@ -101,7 +101,7 @@ class Check:
             from guide_ray.models.dcgan import _dcgan_net
 
             torch.manual_seed(0)
-            self.tiny_generator = self.out / "tiny_dcgan.pt"
+            self.tiny_generator = self.out.resolve() / "tiny_dcgan.pt"  # absolute: Ray Train workers run elsewhere
             torch.save({"netG_state_dict": {f"main.{k}": v for k, v in _dcgan_net(8, 4, 3).state_dict().items()}},
                        self.tiny_generator)
         return str(self.tiny_generator)
