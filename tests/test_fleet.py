@@ -192,7 +192,8 @@ def test_joint_fleet_on_ray_train_resumes_a_killed_worker_from_its_checkpoint(cl
     assert len(joint["losses"]) == 40  # the whole run's losses and time, not the last attempt's
     for person in people:
         record = json.loads(next(out.glob(f"runs/*/{person}/result.json")).read_text())
-        assert record["steps"] == 40 and record["timings"]["unlearn_s"] == pytest.approx(joint["seconds"])
+        # each rank adds its own clock's time of the last attempt to the checkpoint's seconds
+        assert record["steps"] == 40 and record["timings"]["unlearn_s"] == pytest.approx(joint["seconds"], rel=0.1)
     rows = check_records(out, people, "joint")
     assert all(r["verdict"] == "erased" and r["checkpoint_uri"].endswith("_joint/checkpoint.safetensors")
                for r in rows.values())
