@@ -11,7 +11,6 @@ compiled time) and the max |difference| of the outputs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from typing import Callable
@@ -33,17 +32,6 @@ def _median_ms(fn: Callable[[], None], iters: int, warmup: int) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
-
-
-def _pytorch(op: Callable) -> Callable:
-    """op run with the compiled kernels switched off, whatever ops.py dispatches to."""
-    def run(*args, **kwargs):
-        os.environ[compiled.ENV_SWITCH] = "0"
-        try:
-            return op(*args, **kwargs)
-        finally:
-            del os.environ[compiled.ENV_SWITCH]
-    return run
 
 
 def cases(batch: int):
@@ -91,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | pass | PyTorch ms | compiled ms | speed-up | max abs diff |\n|---|---|---|---|---|---|")
     for name, make, op_name, kw in cases(args.batch):
         x, second = make()
-        paths = {"pytorch": _pytorch(getattr(ops, op_name)), "compiled": getattr(compiled, op_name)}
+        paths = {"pytorch": compiled.without_kernels(getattr(ops, op_name)), "compiled": getattr(compiled, op_name)}
         diff = (paths["pytorch"](x, second, **kw).float() - paths["compiled"](x, second, **kw).float()).abs().max()
         xg = x.clone().requires_grad_()
         dy = torch.randn_like(paths["compiled"](x, second, **kw))

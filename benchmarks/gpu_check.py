@@ -190,18 +190,9 @@ def stage_kernels(check: Check, budget: float) -> dict:
         "modulated_conv2d_up": lambda x: ops.modulated_conv2d(x, w, styles, up=2, padding=1, resample_filter=f),
     }
 
-    def pytorch(op):
-        def run(x):
-            os.environ[compiled.ENV_SWITCH] = "0"
-            try:
-                return op(x)
-            finally:
-                del os.environ[compiled.ENV_SWITCH]
-        return run
-
     for name, op in cases.items():
         outputs = {}
-        for path, fn in (("compiled", op), ("pytorch", pytorch(op))):
+        for path, fn in (("compiled", op), ("pytorch", compiled.without_kernels(op))):
             xi = x.clone().requires_grad_(True)
             y = fn(xi)
             (grad,) = torch.autograd.grad(y.square().sum(), [xi])
@@ -210,7 +201,7 @@ def stage_kernels(check: Check, budget: float) -> dict:
                "grad_max_diff": _max_diff(outputs["compiled"][1], outputs["pytorch"][1])}
         if cuda:
             with torch.no_grad():
-                fast, slow = _timed(lambda: op(x), 20, True), _timed(lambda: pytorch(op)(x), 20, True)
+                fast, slow = _timed(lambda: op(x), 20, True), _timed(lambda: compiled.without_kernels(op)(x), 20, True)
             row.update(compiled_ms=round(1e3 * fast, 3), pytorch_ms=round(1e3 * slow, 3),
                        speedup=round(slow / fast, 2))
         figures[name] = row

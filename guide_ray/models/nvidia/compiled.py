@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -111,6 +111,18 @@ def available() -> bool:
 def failure() -> str | None:
     """Why the build failed (None if it did not fail or was never attempted)."""
     return _failure
+
+
+def without_kernels(op: Callable) -> Callable:
+    """``op`` run with the compiled kernels switched off (ENV_SWITCH), whatever ops.py dispatches to:
+    the PyTorch reference path the kernels are checked and timed against."""
+    def run(*args, **kwargs):
+        os.environ[ENV_SWITCH] = "0"
+        try:
+            return op(*args, **kwargs)
+        finally:
+            del os.environ[ENV_SWITCH]
+    return run
 
 
 def _require_extension(x: torch.Tensor, op: str) -> None:
