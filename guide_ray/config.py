@@ -30,6 +30,11 @@ class ProjectorConfig:
     # 1 - cos of the run's ID LOSS network (id_loss_net, never the metric) between the image and the
     # photo: holds the person where perceptual + pixel fit the look but drift the identity.
     lambda_id: float = 0.0
+    # The latent's squared Mahalanobis distance under a Gaussian fitted to init_samples mapped latents,
+    # per coordinate (~1 for the generator's own latents): keeps the fit where the generator's latents
+    # live. Unregularised W fits at 1024² land far outside (P001's photos at 11.6 and 20.3), where two
+    # photos of one person lie farther apart than two random people.
+    lambda_prior: float = 0.0
     perceptual_size: int = 256  # larger images are area-downsampled to this before the perceptual net
     init: Literal["w_avg", "mean_of_samples"] = "w_avg"
     init_samples: int = 10_000  # mapping samples for "mean_of_samples" and for the latent noise's scale

@@ -82,6 +82,21 @@ def _mapped_latents(generator: Generator, samples: int, seed: int) -> torch.Tens
     return torch.cat([generator.mapping(chunk)[:, 0] for chunk in z.split(2500)])
 
 
+class LatentPrior:
+    """The squared Mahalanobis distance of a W latent under a Gaussian fitted to ``samples``
+    [N, w_dim] (mapped latents), per coordinate: ~1 for the generator's own latents."""
+
+    def __init__(self, samples: torch.Tensor):
+        self.mean = samples.mean(0)
+        cov = torch.cov((samples - self.mean).T)
+        self.cholesky = torch.linalg.cholesky(cov + 1e-6 * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device))
+
+    def __call__(self, ws: torch.Tensor) -> torch.Tensor:
+        """Mean over the latent's layers of its per-coordinate squared Mahalanobis distance."""
+        centred = (ws.reshape(-1, self.mean.numel()) - self.mean).T
+        return torch.linalg.solve_triangular(self.cholesky, centred, upper=False).pow(2).mean()
+
+
 def _initial_latent(generator: Generator, config: ProjectorConfig, init_ws: torch.Tensor | None,
                     samples: torch.Tensor | None) -> torch.Tensor:
     """The starting latent: [1, 1, w_dim] for space "w", [1, num_ws, w_dim] for "w+"."""
@@ -129,15 +144,17 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
     with torch.no_grad():
         target_id = id_net.embed_generated(target, generator.ffhq_box) if config.lambda_id else None
     noisy = config.steps > 0 and config.noise_strength > 0  # 0 steps: no mapped samples needed for it
-    needs_samples = noisy or (init_ws is None and config.init == "mean_of_samples")
+    needs_samples = noisy or config.lambda_prior > 0 or (init_ws is None and config.init == "mean_of_samples")
     samples = _mapped_latents(generator, config.init_samples, config.seed) if needs_samples else None
+    prior = LatentPrior(samples) if config.lambda_prior > 0 else None
     noise_scale = config.noise_strength * float(samples.std(0).mean()) if noisy else 0.0
     noise_gen = torch.Generator(device=generator.device).manual_seed(config.seed)
 
     latent = _initial_latent(generator, config, init_ws, samples).requires_grad_(True)
     optimizer = torch.optim.Adam([latent], lr=config.lr, betas=(0.9, 0.999))
 
-    def losses_at(ws: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses_at(ws: torch.Tensor, fitted: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The losses of ``ws`` (the latent, noised while the noise lasts); the prior judges ``fitted``."""
         image = generator.synthesis(ws.expand(1, generator.num_ws, generator.w_dim))
         perceptual_loss = perceptual(_for_perceptual(image, config.perceptual_size), target_perceptual).mean()
         pixel_loss = F.mse_loss(image, target)
@@ -146,6 +163,9 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
         if target_id is not None:
             losses["id"] = 1 - F.cosine_similarity(id_net.embed_generated(image, generator.ffhq_box), target_id).mean()
             total = total + config.lambda_id * losses["id"]
+        if prior is not None:
+            losses["prior"] = prior(fitted)
+            total = total + config.lambda_prior * losses["prior"]
         return image, {**losses, "total": total}
 
     history: list[float] = []
@@ -161,7 +181,7 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
         if noise_scale and fade:
             noise = torch.randn(latent.shape, generator=noise_gen, device=latent.device)
             ws = latent + noise * noise_scale * fade ** 2
-        _, losses = losses_at(ws)
+        _, losses = losses_at(ws, latent)
         # autograd.grad, not backward(): only the latent's gradient is computed, no parameter's .grad is touched.
         (latent.grad,) = torch.autograd.grad(losses["total"], [latent])
         optimizer.step()
@@ -181,7 +201,7 @@ def project(generator: Generator, target: torch.Tensor, perceptual: nn.Module,
 
     ws = latent.detach().expand(1, generator.num_ws, generator.w_dim).clone()
     with torch.no_grad():
-        image, final = losses_at(ws)
+        image, final = losses_at(ws, ws)
     return ProjectionResult(ws=ws, image=image.detach(), target=target,
                             losses={name: float(value) for name, value in final.items()},
                             steps_run=len(history), stopped_early=stopped_early, history=history)
