@@ -330,6 +330,9 @@ def validate(cfg: GuideConfig) -> None:
     for name, value in (("train_resolution", cfg.train_resolution), ("inversion.resolution", cfg.inversion.resolution)):
         if value is not None and value < 16:
             raise ConfigError(f"{name} must be at least 16 (or null: the generator's own), got {value}")
+    for name in ("lambda_perceptual", "lambda_pixel", "lambda_id", "lambda_prior"):
+        if getattr(cfg.inversion, name) < 0:
+            raise ConfigError(f"inversion.{name} must be >= 0, got {getattr(cfg.inversion, name)}")
     if cfg.latent_pool < 0:
         raise ConfigError(f"latent_pool must be >= 0, got {cfg.latent_pool}")
     if cfg.identities_per_step < 0:
@@ -338,7 +341,18 @@ def validate(cfg: GuideConfig) -> None:
         raise ConfigError("at least one of use_local, use_adjacency, use_global must be true")
 
 
+# A run's identity is the hash of the settings that differ from the defaults, less those that change
+# nothing it computes (how often it checkpoints). A new field with a default thus leaves every existing
+# hash, and with it every resumable fleet, as it was; a default whose value changes would silently give
+# old hashes new results, so tests/test_jobs.py pins the defaults of this HASH_VERSION: bump it then.
+HASH_VERSION = 2
+NOT_HASHED = frozenset({"checkpoint_every"})
+
+
 def config_hash(cfg: GuideConfig) -> str:
-    """A short, stable hash of the resolved config (sorted-key JSON)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """A short hash of the result-changing settings that differ from GuideConfig()'s defaults."""
+    defaults = dict(_flatten(to_dict(GuideConfig())))
+    changed = {key: value for key, value in _flatten(to_dict(cfg))
+               if key not in NOT_HASHED and (key not in defaults or defaults[key] != value)}
+    blob = json.dumps({"hash_version": HASH_VERSION, "settings": changed}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

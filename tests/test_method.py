@@ -360,3 +360,29 @@ def test_config_errors_name_the_key(tmp_path):
     cfg = load_config(good, ["lr=2e-4"])
     assert (cfg.d, cfg.inversion.steps, cfg.lr) == (20.0, 50, 2e-4)
     assert config_hash(cfg) != config_hash(GuideConfig()) and config_hash(cfg) == config_hash(load_config(good, ["lr=2e-4"]))
+
+
+def test_the_run_hash_holds_the_settings_that_change_the_result_only(monkeypatch):
+    """config_hash: a new field with a default leaves an existing config's hash (and so a fleet's
+    resume) as it was, setting it changes the hash, checkpointing more often does not; the defaults
+    are those this HASH_VERSION hashed against (a changed default must bump it)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from guide_ray import config as config_module
+
+    preset = load_config("jobs/configs/mobilestylegan-cpu.yaml")
+    before = config_hash(preset)
+    assert config_hash(dataclasses.replace(preset, checkpoint_every=7)) == before
+    assert config_hash(dataclasses.replace(preset, lr=preset.lr * 2)) != before
+    extended = dataclasses.make_dataclass("Extended", [("new_knob", float, dataclasses.field(default=0.5))],
+                                          bases=(GuideConfig,))
+    monkeypatch.setattr(config_module, "GuideConfig", extended)
+    as_extended = extended(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(GuideConfig)})
+    assert config_hash(as_extended) == before
+    assert config_hash(dataclasses.replace(as_extended, new_knob=0.7)) != before
+    monkeypatch.undo()
+    pinned = json.loads(Path(f"tests/oracles/config_defaults_v{config_module.HASH_VERSION}.json").read_text())
+    now = dict(config_module._flatten(config_module.to_dict(GuideConfig())))
+    assert {k: now.get(k) for k in pinned} == pinned, "a default changed: bump config.HASH_VERSION"
