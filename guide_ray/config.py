@@ -344,7 +344,7 @@ def validate(cfg: GuideConfig) -> None:
 # A run's identity is the hash of the settings that differ from the defaults, less those that change
 # nothing it computes (how often it checkpoints). A new field with a default thus leaves every existing
 # hash, and with it every resumable fleet, as it was; a default whose value changes would silently give
-# old hashes new results, so tests/test_jobs.py pins the defaults of this HASH_VERSION: bump it then.
+# old hashes new results, so tests/test_method.py pins the defaults of this HASH_VERSION: bump it then.
 HASH_VERSION = 2
 NOT_HASHED = frozenset({"checkpoint_every"})
 
