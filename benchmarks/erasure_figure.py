@@ -10,8 +10,6 @@ samples are NumPy seeds 0-7 (``guide-ray sample --seeds 0-7``), untruncated.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from guide_ray.images import save_png, to_uint8
 from guide_ray.models import load_generator
-from guide_ray.models.face_align import photo_to_generator_crop
+from guide_ray.run.folder import RunFolder
 
 TILE = 256
 LABEL = 22
@@ -36,18 +34,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, default=8)
     args = p.parse_args(argv)
-    run = Path(args.run_dir)
-    result = json.loads((run / "result.json").read_text())
-    latents = torch.load(run / "latents.pt", map_location="cpu", weights_only=True)
-    g_s = load_generator(result["generator"], "cpu")
-    g_u = load_generator(result["generator"], "cpu", checkpoint=result["checkpoint"])
+    run = RunFolder(args.run_dir)
+    result, latents = run.result, run.latents
+    g_s = load_generator(run.spec, "cpu")
+    g_u = load_generator(run.spec, "cpu", checkpoint=run.checkpoint)
     m = result["metrics"]
     with torch.no_grad():
         top = [g_s.synthesis(latents["w_u"]), g_s.synthesis(latents["w_t"]), g_u.synthesis(latents["w_u"])]
         names = ["G_s(w_u) before", "G_s(w_t) UFO target", f"G_u(w_u) after: ID {m['id']:.2f}"]
-        if result["source"]["image"]:
-            photo = photo_to_generator_crop(result["source"]["image"], g_s.resolution, box=g_s.ffhq_box)
-            top, names = [photo, *top], ["photo", *names]
+        if run.photo:
+            top, names = [run.source_images(g_s)[0], *top], ["photo", *names]
         z = torch.cat([g_s.z_from_seed(s) for s in range(args.seeds)])
         before = [g_s(z[i:i + 1]) for i in range(args.seeds)]
         after = [g_u(z[i:i + 1]) for i in range(args.seeds)]

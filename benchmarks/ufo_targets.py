@@ -18,7 +18,7 @@ import torch
 from guide_ray.allocator import keep_freed_memory
 from guide_ray.config import load_config
 from guide_ray.core.evaluate import generated_identity
-from guide_ray.run.networks import different_person_level
+from guide_ray.run.calibration import cached_calibration
 from guide_ray.core.ltu import target_latent
 from guide_ray.core.ufo import distance_scale, geometry_for, ufo_target
 from guide_ray.models import load_generator, load_identity_net
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     g = load_generator(args.generator, args.device)
     metric = load_identity_net(cfg.id_metric_net, g.device)
     checks = [FaceCheck("dlib-mmod", device=g.device), FaceCheck("mtcnn", device=g.device)]
-    level = different_person_level(metric)
+    level = cached_calibration(metric, cfg.id_metric_net).different_person_level
     ws = torch.cat([g.mapping(g.z_from_seed(s)) for s in range(1, args.seeds + 1)])
     n = len(ws)
 

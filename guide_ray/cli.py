@@ -178,44 +178,33 @@ def cmd_evaluate(args) -> int:
     import json
     import tempfile
 
-    import torch
-
-    from .config import from_dict, GuideConfig
     from .core.evaluate import evaluate_run
-    from .run.files import write_json
-    from .run.identity import bar_callback, inversion_view, progress_bar
-    from .run.networks import Networks
     from .core.verdict import judge
     from .models import load_generator
+    from .run.files import write_json
+    from .run.folder import RunFolder
+    from .run.identity import bar_callback, inversion_view, progress_bar
+    from .run.networks import Networks
 
-    run = Path(args.run)
-    result_file = run / "result.json"
-    if not result_file.is_file():
-        raise ValueError(f"{run} holds no result.json: not a finished unlearn run")
-    result = json.loads(result_file.read_text())
-    cfg = from_dict(GuideConfig, result["config"])
+    run = RunFolder(args.run)
+    cfg = run.cfg
     if args.fid_samples:
         cfg.evaluation.fid_samples = args.fid_samples
     with tempfile.TemporaryDirectory(prefix="guide_ray-generator-") as tmp:
-        checkpoint = _checkpoint(args.checkpoint, args.tracking_uri, tmp) if args.checkpoint else None
-        g_u = load_generator(result["generator"], args.device,
-                             checkpoint=checkpoint or run / "checkpoint.safetensors")
-    g_s = load_generator(result["generator"], args.device)
-    latents = torch.load(run / "latents.pt", map_location=g_u.device)
-    with torch.no_grad():
-        source = g_s.synthesis(latents["w_u"]) if result["source"]["seed"] is not None else None
-    if source is None:
-        from .models.face_align import photo_to_generator_crop
-
-        source = photo_to_generator_crop(result["source"]["image"], g_s.resolution, box=g_s.ffhq_box).to(g_s.device)
+        checkpoint = _checkpoint(args.checkpoint, args.tracking_uri, tmp) if args.checkpoint else run.checkpoint
+        g_u = load_generator(run.spec, args.device, checkpoint=checkpoint)
+    g_s = load_generator(run.spec, args.device)
+    source, _ = run.source_images(g_s)
+    latents = {k: None if v is None else v.to(g_s.device) for k, v in run.latents.items()}
     nets = Networks(cfg, g_u.device)
-    photo = result["source"]["seed"] is None
+    photo = run.photo is not None
     with progress_bar("re-inverting the source into G_u", cfg.inversion.steps, cfg.evaluation.reinversion) as bar:
-        metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents["w_others"], source, cfg, nets,
+        metrics = evaluate_run(g_s, g_u, latents["w_u"], latents["w_t"], latents.get("w_others"), source, cfg, nets,
                                photo, g_u_fit=inversion_view(g_u, cfg), progress=bar_callback(bar))
     verdict = judge(metrics, photo, nets.thresholds)
-    write_json(run / "evaluation.json", {**metrics.to_dict(), "verdict": verdict.verdict,
-                                         "verdict_detail": verdict.to_dict()})
+    write_json(run.path / "evaluation.json", {**metrics.to_dict(), "verdict": verdict.verdict,
+                                              "verdict_detail": verdict.to_dict(),
+                                              "calibration": nets.levels_used()})
     print(json.dumps(metrics.scalars(), indent=2))
     print(f"verdict: {verdict.verdict} ({verdict.reason})")
     return 0

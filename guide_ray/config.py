@@ -66,7 +66,7 @@ class EvalConfig:
     reinversion: bool = True  # invert the source photo into G_u again (beyond the paper)
     id_views: int = 11  # camera views averaged for 3D generators (yaw in ±π/12)
     # The verdict (core/verdict.py). ID below id_threshold = another person; None: the ID metric's
-    # different-person level, measured on openpeople's portraits (FaceNet: 0.232).
+    # different-person level from run/calibration.py, the audit's too (FaceNet: 0.203).
     id_threshold: float | None = None
     # Is an image a face (models/face_check.py): "dlib-mmod" (score = its detection confidence,
     # default threshold 0.8) or "mtcnn" (its probability, default 0.9); None: the detector's default.

@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from .results import RunResult
+from .run.folder import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Tracker:
         for name in ("grid.png", "result.json", "losses.json"):
             if (run_dir / name).exists():
                 self.client.log_artifact(run_id, str(run_dir / name))
-        checkpoint = run_dir / "checkpoint.safetensors"
+        checkpoint = run_dir / CHECKPOINT
         if checkpoint.exists():
             if checkpoint.stat().st_size <= MAX_CHECKPOINT_ARTIFACT_MB * 1e6:
                 self.client.log_artifact(run_id, str(checkpoint))

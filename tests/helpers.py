@@ -16,7 +16,7 @@ NETS = ("stlpips-vgg", "dlib-resnet34", "facenet-vggface2", "fid-inception", "op
 # Config overrides for runs on the tiny random generator (conftest's tiny_generator), which draws no
 # face: a few steps on small pools, FID on one batch of 8, and none of the face checks of images it
 # cannot draw (random face samples, the UFO target's check) nor the measurement of FaceNet's
-# different-person level (given: 0.232). Tests of those are in test_verdict.py and test_method.py.
+# different-person level (given: 0.232, as it was). Tests of those are in test_verdict.py and test_method.py.
 TINY = ["iterations=6", "checkpoint_every=2", "evaluation.fid_samples=8", "evaluation.fid_batch=8",
         "inversion.steps=4", "latent_pool=4", "evaluation.face_samples=0", "target_face_check=false",
         "evaluation.id_threshold=0.232"]

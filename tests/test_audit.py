@@ -18,7 +18,8 @@ import torch
 from guide_ray import cli
 from guide_ray.config import ConfigError, load_audit_config, load_config
 from guide_ray.models.checkpoint import metadata_json, save_trainable
-from guide_ray.run.audit import ATTACK_VALUES, AuditError, RunFolder, audit_run, default_out, judge_audit
+from guide_ray.run.audit import ATTACK_VALUES, audit_run, default_out, judge_audit
+from guide_ray.run.folder import CHECKPOINT, JOINT, RunFolder, RunFolderError
 from guide_ray.run.calibration import FALSE_ACCEPT, levels_from
 from tests.helpers import require_weights
 
@@ -39,6 +40,34 @@ def test_levels_from_picks_the_lowest_line_that_strangers_reach_at_most_one_perc
     assert 0.4 < c.different_person_far < 0.6  # the mean of a symmetric distribution: about half reach it
     assert c.false_accept(c.same_person_level) == c.same_person_far and c.false_accept(-1.0) == 1.0
     assert c.false_accept(float(different.max()) + 1e-6) == 0.0
+
+
+def test_the_calibration_cache_is_keyed_by_what_the_levels_depend_on(monkeypatch):
+    from guide_ray.run import calibration
+
+    key = calibration.calibration_key("facenet-vggface2")
+    assert calibration.calibration_key("dlib-resnet34") != key
+    monkeypatch.setattr(calibration, "FALSE_ACCEPT", 0.05)
+    assert calibration.calibration_key("facenet-vggface2") != key
+    monkeypatch.setattr(calibration, "FALSE_ACCEPT", FALSE_ACCEPT)
+    monkeypatch.setattr(calibration, "PHOTOS", ("studio_portrait",))
+    assert calibration.calibration_key("facenet-vggface2") != key
+
+
+def test_the_verdict_reads_the_calibration_the_audit_reads(monkeypatch):
+    """Networks holds one Calibration: the verdict's ID level is its different-person level, and the
+    audit takes ``nets.calibration`` (the audit test below checks that both land in the files)."""
+    require_weights("facenet-vggface2", "openpeople", "dlib-landmarks5")
+    from guide_ray.run import networks
+
+    made = []
+    real = networks.cached_calibration
+    monkeypatch.setattr(networks, "cached_calibration", lambda *a: made.append(real(*a)) or made[-1])
+    nets = networks.Networks(load_config(None, []), "cpu")
+    assert nets.thresholds.id_level == nets.calibration.different_person_level
+    assert nets.calibration is made[0] and len(made) == 1 and nets.levels_used() == made[0].levels()
+    given = networks.Networks(load_config(None, ["evaluation.id_threshold=0.3"]), "cpu")
+    assert given.thresholds.id_level == 0.3 and given.levels_used() is None
 
 
 def _report(run_verdict="erased", g_u=0.1, g_s=0.9, faces=(1.0,) * 9):
@@ -101,7 +130,7 @@ def test_a_run_folder_missing_a_file_is_refused_with_the_file_named(tmp_path, da
     run = _fake_run(tmp_path / "run")
     damage(run)
     before = _fingerprint(run) if run.exists() else None
-    with pytest.raises(AuditError, match=message):
+    with pytest.raises(RunFolderError, match=message):
         audit_run(run, tmp_path / "audit")
     assert not (tmp_path / "audit").exists() and (before is None or _fingerprint(run) == before)
 
@@ -118,16 +147,30 @@ def test_a_run_of_another_generator_or_without_an_erasure_is_refused(tmp_path, k
     run = _fake_run(tmp_path / "run", trained_from="tiny_dcgan" if kind == "trained_from" else "dcgan-digiface64",
                     **change)
     before = _fingerprint(run)
-    with pytest.raises(AuditError, match=message):
+    with pytest.raises(RunFolderError, match=message):
         RunFolder(run, "mobilestylegan-ffhq1024" if kind == "asked" else None)
     assert _fingerprint(run) == before
+
+
+def test_a_joint_identitys_folder_finds_the_joint_checkpoint(tmp_path):
+    """A joint fleet's identity has no checkpoint of its own: result.json names runs/KEY/_joint's, relative
+    to where the fleet ran; evaluate and audit (both RunFolder) find it beside the identity's folder."""
+    runs = tmp_path / "moved" / "runs" / "KEY"
+    run = _fake_run(runs / "s9", checkpoint=f"outputs/elsewhere/runs/KEY/{JOINT}/{CHECKPOINT}")
+    (runs / JOINT).mkdir()
+    (run / CHECKPOINT).rename(runs / JOINT / CHECKPOINT)
+    assert RunFolder(run).checkpoint == runs / JOINT / CHECKPOINT
+    (runs / JOINT / CHECKPOINT).unlink()
+    with pytest.raises(RunFolderError, match=f"{JOINT}/{CHECKPOINT}, is missing"):
+        RunFolder(run)
 
 
 def test_the_cli_names_what_is_missing_and_exits_2(tmp_path, capsys):
     run = _fake_run(tmp_path / "run")
     (run / "latents.pt").unlink()
-    assert cli.main(["audit", str(run)]) == 2
-    assert "missing latents.pt" in capsys.readouterr().err
+    for command in ("audit", "evaluate"):  # both read the folder through RunFolder
+        assert cli.main([command, str(run)]) == 2
+        assert "missing latents.pt" in capsys.readouterr().err
     assert cli.main(["audit", str(_fake_run(tmp_path / "ok")), "--out", str(tmp_path / "ok" / "inside")]) == 2
     assert "inside the run folder" in capsys.readouterr().err and not (tmp_path / "ok" / "inside").exists()
     assert default_out(run) == (tmp_path / "_audit" / "run").resolve()
@@ -168,6 +211,10 @@ def test_the_audit_of_a_guide_run_reports_every_attack_on_g_u_beside_g_s(erased_
     assert [p["steps"] for p in saved["attacks"]["relearning"]["g_u"]["curve"]] == [0, 5, 20]
     lv = saved["calibration"]
     assert lv["same_person_far"] <= FALSE_ACCEPT < lv["different_person_far"] and lv["photos"] >= 30
+    # the run's verdict was judged by the audit's different-person level, and recorded it with its rates
+    run_detail = json.loads((erased_run / "result.json").read_text())["verdict_detail"]
+    assert run_detail["thresholds"]["id_level"] == lv["different_person_level"]
+    assert run_detail["calibration"] == {k: v for k, v in lv.items() if k != "different_similarities"}
     # the reference: G_s still draws the person, so its re-inversion and its neighbourhood of w_u find them
     assert saved["outcomes"]["probe_w_u"]["g_s"] == "recovered"
     assert saved["attacks"]["probe_w_u"]["g_u"]["max_id"] < saved["attacks"]["probe_w_u"]["g_s"]["max_id"] - 0.2

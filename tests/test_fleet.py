@@ -18,7 +18,7 @@ from ray.job_submission import JobSubmissionClient
 from PIL import Image
 
 from guide_ray import fleet
-from guide_ray.run.networks import different_person_level
+from guide_ray.run.calibration import cached_calibration
 from guide_ray.models import load_identity_net
 from tests.helpers import NETS, TINY, require_weights, sets, submit_fleet, wait_for
 
@@ -265,7 +265,7 @@ def test_sequential_erasures_stay_erased_on_the_real_dcgan(tmp_path):
                        "--no-progress", "--ray-address", "local", *sets(options)])
     assert code == 0
     rows = {r["identity"]: r for r in ledger_rows(out)}
-    level = different_person_level(load_identity_net("facenet-vggface2", "cpu"))
+    level = cached_calibration(load_identity_net("facenet-vggface2", "cpu"), "facenet-vggface2").different_person_level
     for ident in ("s9", "s39"):
         assert rows[ident]["verdict"] == "erased", rows[ident]
         assert rows[ident]["id_now_after"] == "s39"

@@ -213,9 +213,8 @@ def invert_photo(generator: Generator, path: str | Path, perceptual: nn.Module,
                  progress: ProgressFn | None = None, id_net: nn.Module | None = None) -> ProjectionResult:
     """A face photo -> its latent: align it as the generator's images are (FaceError / ImageError
     name the file), start from the encoder's guess when one is given, then project."""
-    from ..models.face_align import photo_to_generator_crop  # needs dlib, which nothing above does
+    from ..models.face_align import generator_crop  # needs dlib, which nothing above does
 
-    target = photo_to_generator_crop(path, generator.resolution, aligner=aligner, multiple=multiple,
-                                     box=generator.ffhq_box).to(generator.device)
+    target = generator_crop(path, generator, aligner=aligner, multiple=multiple)
     init_ws = encode(generator, encoder, target) if encoder is not None else None
     return project(generator, target, perceptual, config, progress=progress, init_ws=init_ws, id_net=id_net)

@@ -17,7 +17,7 @@ from ..results import SCALARS, RunResult
 from ..run.files import write_json
 from ..run.identity import IdentitySpec
 from .ledger import Ledger, ledger_row
-from ..run.joint import JOINT
+from ..run.folder import CHECKPOINT, JOINT, REVIEW
 from .report import erosion_metrics, fmt, summary_table
 from .worker import IdentityWorker
 
@@ -100,7 +100,7 @@ class Fleet:
                 **({"start_generator": self.start["pinned"], "start_uri": self.start["uri"]} if self.start else {}),
                 **metrics}
         self.tracker.register_generator(self.model_name, row["mlflow_run_id"], tags,
-                                        checkpoint=Path(row["run_dir"]) / "checkpoint.safetensors",
+                                        checkpoint=Path(row["run_dir"]) / CHECKPOINT,
                                         base_generator=self.generator, start_checkpoint=self.checkpoint)
 
     def _register_finished(self, rows: dict[str, dict], ok: bool, earlier: list[str]) -> None:
@@ -111,7 +111,7 @@ class Fleet:
             for ident in earlier:
                 self._register(rows[ident], [ident], _scalars(rows[ident]), {ident: rows[ident].get("verdict")})
         elif ok and self.mode == "joint":  # one generator for all, its model logged into the fleet's run
-            checkpoint = self.runs / JOINT / "checkpoint.safetensors"
+            checkpoint = self.runs / JOINT / CHECKPOINT
             joint = json.loads((self.runs / JOINT / "joint.json").read_text())
             row = {"mlflow_run_id": self.parent, "run_dir": str(checkpoint.parent),
                    "checkpoint_uri": checkpoint.resolve().as_uri()}
@@ -130,7 +130,7 @@ class Fleet:
         sequential mode the ID of every identity erased so far after each step."""
         from .. import review
 
-        folder = self.runs / "_review"  # ids start with a letter or digit: no identity folder is named so
+        folder = self.runs / REVIEW
         files = review.write_summary(table, folder, f"fleet {self.fleet_key}")
         files.append(review.metrics_plot(table, folder / "metrics.png", f"fleet {self.fleet_key}"))
         if self.mode == "sequential":
@@ -243,7 +243,7 @@ class Fleet:
         for step, spec in enumerate(self.specs):
             before = previous.get(spec.id, {})
             if before.get("status") == "finished":  # a resumed fleet: this step's generator is on disk
-                start_from = str(self.runs / spec.id / "checkpoint.safetensors")
+                start_from = str(self.runs / spec.id / CHECKPOINT)
                 erased.append((spec.id, str(self.runs / spec.id / "latents.pt")))
                 continue
             counts["running"] = 1

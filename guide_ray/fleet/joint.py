@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import GuideConfig, from_dict, to_dict
 from ..results import RunResult
-from ..run.joint import JOINT
+from ..run.folder import JOINT, RAY_TRAIN
 
 STATE = "state.pt"
 
@@ -105,7 +105,7 @@ def run_trainer(*, specs: list, cfg: GuideConfig, generator: str, checkpoint: st
                            "specs": [s.to_dict() for s in specs], "runs": str(runs), "threads": size.threads,
                            "identities_per_step": per_step, "live": live},
         scaling_config=ScalingConfig(num_workers=size.count, use_gpu=size.gpus > 0, resources_per_worker=per_worker),
-        run_config=RunConfig(name=name, storage_path=str(runs / "_ray_train"),
+        run_config=RunConfig(name=name, storage_path=str(runs / RAY_TRAIN),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              worker_runtime_env=worker_env() or {}),

@@ -214,3 +214,11 @@ def photo_to_generator_crop(path: str | Path, size: int, aligner: FaceAligner | 
     face = aligner.face(image, source=str(path), min_size=min_size, multiple=multiple)
     crop = align_ffhq(image, face, size, box)
     return torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
+
+
+def generator_crop(path: str | Path, generator, aligner: FaceAligner | None = None,
+                   multiple: Literal["error", "largest"] = "error") -> torch.Tensor:
+    """A photo as ``generator``'s own images frame a face: at its resolution, in its ``ffhq_box``,
+    on its device (what an inversion fits and an evaluation compares against)."""
+    return photo_to_generator_crop(path, generator.resolution, aligner=aligner, multiple=multiple,
+                                   box=generator.ffhq_box).to(generator.device)

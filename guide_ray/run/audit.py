@@ -19,7 +19,6 @@ import base64
 import dataclasses
 import html
 import io
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,17 +26,17 @@ from typing import Callable
 
 import torch
 
-from ..config import AuditConfig, GuideConfig, from_dict
+from ..config import AuditConfig
 from ..core import audit as attacks
 from ..core.evaluate import face_scores
 from ..core.inversion import project
 from ..core.ufo import distance_scale
 from ..images import save_png, to_uint8
-from ..models import GENERATORS, load_generator
-from ..models.checkpoint import read_metadata
+from ..models import load_generator
 from ..weights import WeightsError
-from .calibration import Calibration, cached_calibration
+from .calibration import Calibration
 from .files import write_json
+from .folder import AUDIT, RunFolder, RunFolderError
 from .identity import inversion_view
 from .networks import Networks
 
@@ -48,54 +47,8 @@ ATTACK_VALUES = {"reinversion": "best_id", "probe_w_u": "max_id", "probe_reinver
 FACE_SAMPLES = 8  # random latents whose G_s image is a face: are they still faces in G_u?
 
 
-class AuditError(ValueError):
-    """The run folder cannot be audited; the message names what is missing or wrong."""
-
-
-class RunFolder:
-    """A finished run's folder, checked: its result, config, latents, checkpoint and source."""
-
-    def __init__(self, path: str | Path, generator: str | None = None):
-        self.path = path = Path(path)
-        if not path.is_dir():
-            raise AuditError(f"{path}: no such run folder")
-        missing = [name for name in ("result.json", "latents.pt") if not (path / name).is_file()]
-        if missing:
-            raise AuditError(f"{path} is missing {', '.join(missing)}: audit a finished run's folder "
-                             "(the --out of guide-ray unlearn, or a fleet's runs/ID)")
-        self.result = json.loads((path / "result.json").read_text())
-        if self.result.get("status") not in ("finished", "diverged") or not self.result.get("checkpoint"):
-            raise AuditError(f"{path}/result.json is a {self.result.get('status')} run without a checkpoint "
-                             f"({self.result.get('error') or 'no error recorded'}): there is no G_u to audit")
-        named = Path(self.result["checkpoint"])
-        # a relative path is relative to where the run ran: look for it beside the run folder as well
-        # (its own checkpoint, or a joint fleet's _joint/checkpoint.safetensors)
-        found = [c for c in (named, path / named.name, path.parent / named.parent.name / named.name) if c.is_file()]
-        if not found:
-            raise AuditError(f"{path}: the checkpoint result.json names, {named}, is missing")
-        self.checkpoint = found[0]
-        self.generator = self.result["generator"]
-        trained_from = read_metadata(self.checkpoint).get("generator")
-        if trained_from != self.generator:
-            raise AuditError(f"{self.checkpoint} was trained from generator {trained_from!r}, but {path}/result.json "
-                             f"names {self.generator!r}")
-        if generator in GENERATORS and generator != self.generator:
-            raise AuditError(f"{path} is a run of generator {self.generator!r}, not {generator!r}")
-        # what to load G_s from: the run's generator by name, or the file or folder it was read from
-        self.spec = generator or self.generator
-        latents = torch.load(path / "latents.pt", map_location="cpu", weights_only=True)
-        absent = [k for k in ("w_u", "w_t") if latents.get(k) is None]
-        if absent:
-            raise AuditError(f"{path}/latents.pt holds no {', '.join(absent)}")
-        self.latents = latents
-        self.cfg = from_dict(GuideConfig, self.result["config"])
-        source = self.result["source"]
-        self.photo = source.get("image")
-        self.others = list(source.get("others") or [])
-        for p in ([self.photo] if self.photo else []) + self.others:
-            if not Path(p).is_file():
-                raise AuditError(f"{path}: the run's photo {p} is missing (the audit attacks with it)")
-        self.identity = self.result["identity"]
+class AuditError(RunFolderError):
+    """The audit cannot be run as asked; the message names what is wrong."""
 
 
 def image_uri(img: torch.Tensor) -> str:
@@ -179,7 +132,7 @@ def attack_generator(g, run: RunFolder, photo: torch.Tensor, others: list[torch.
 def default_out(run_dir: str | Path) -> Path:
     """Where an audit of RUN_DIR goes by default: _audit/ID beside it (no identity is named _audit)."""
     run_dir = Path(run_dir).resolve()
-    return run_dir.parent / "_audit" / run_dir.name
+    return run_dir.parent / AUDIT / run_dir.name
 
 
 def audit_run(run_dir: str | Path, out: str | Path, cfg: AuditConfig = AuditConfig(), device=None,
@@ -199,8 +152,8 @@ def audit_run(run_dir: str | Path, out: str | Path, cfg: AuditConfig = AuditConf
         raise AuditError(f"{run.path} is a run of generator {run.generator!r}, not {g_s.name!r} ({run.spec})")
     g_u = load_generator(run.spec, device, checkpoint=run.checkpoint)
     nets = Networks(run.cfg, g_s.device)
-    levels = cached_calibration(nets.id_metric, run.cfg.id_metric_net)
-    photo, others = source_images(run, g_s)
+    levels = nets.calibration
+    photo, others = run.source_images(g_s)
     report: dict = {"identity": run.identity, "generator": run.generator, "run_dir": str(run.path.resolve()),
                     "checkpoint": str(run.checkpoint.resolve()), "config_hash": run.result["config_hash"],
                     "run_verdict": run.result.get("verdict"), "source": run.result["source"],
@@ -222,19 +175,6 @@ def audit_run(run_dir: str | Path, out: str | Path, cfg: AuditConfig = AuditConf
     write_json(out / "audit.json", report)
     (out / "audit.html").write_text(audit_page(report, photo, pictures))
     return report
-
-
-def source_images(run: RunFolder, g_s) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The photo as the run saw it (aligned in the generator's frame; G_s(w_u) for a seed) and the others."""
-    if run.photo is None:
-        with torch.no_grad():
-            return g_s.synthesis(run.latents["w_u"].to(g_s.device)), []
-    from ..models.face_align import photo_to_generator_crop
-
-    def crop(p):
-        return photo_to_generator_crop(p, g_s.resolution, box=g_s.ffhq_box).to(g_s.device)
-
-    return crop(run.photo), [crop(p) for p in run.others]
 
 
 def judge_audit(report: dict, levels: Calibration, face_threshold: float, face_kept_min: float) -> dict:

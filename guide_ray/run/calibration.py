@@ -2,13 +2,15 @@
 
 An attack "brings the person back" when its image is as close to the photo as another photo of the
 same person is, and a stranger rarely is: the same-person level is the lowest similarity that at
-most FALSE_ACCEPT of the different-person pairs reach. The different-person level (their mean, the
-verdict's line) is where a stranger sits on average. Each level comes with the share of
+most FALSE_ACCEPT of the different-person pairs reach. The different-person level (their mean) is
+where a stranger sits on average: a run's `erased` (core/verdict.py, through Networks.thresholds) and
+an audit's `resisted` are judged by it; both read this one calibration. Each level comes with the share of
 different-person pairs at or above it (the false-accept rate) and of same-person pairs (true accepts).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from itertools import combinations
@@ -25,7 +27,7 @@ from .files import write_json
 
 PHOTOS = ("studio_portrait", "studio_posture", "amateur_selfie", "amateur_posture")
 FALSE_ACCEPT = 0.01
-VERSION = 1  # of the cached file's fields
+VERSION = 2  # of the cached file's fields and key
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def levels(self) -> dict:
+        """The levels with their false-accept and true-accept rates (what a result records beside
+        the thresholds it was judged by), without the pairs' similarities."""
+        return {k: v for k, v in asdict(self).items() if k != "different_similarities"}
 
 
 def rates(level: float, same: np.ndarray, different: np.ndarray) -> tuple[float, float]:
@@ -95,10 +102,20 @@ def calibrate(metric_net, metric: str) -> Calibration:
     return levels_from(metric, same, different, len(owners), len(set(owners)), tuple(skipped))
 
 
+def calibration_key(metric: str) -> str:
+    """What the levels depend on: the metric and its weights, the photos (their list and files) and
+    the false-accept rate. A change to any of them is a new cache entry, never a stale one."""
+    manifest = weights.manifest()
+    digests = {name: [f.sha256 for f in manifest[name].files] for name in (metric, "openpeople") if name in manifest}
+    key = json.dumps({"metric": metric, "weights": digests, "photos": PHOTOS, "false_accept": FALSE_ACCEPT,
+                      "version": VERSION}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def cached_calibration(metric_net, metric: str) -> Calibration:
-    """``calibrate``, kept in the weights cache (seconds to redo; the same photos and network give the
-    same numbers)."""
-    path = weights.cache_dir() / "calibration" / f"{metric}-v{VERSION}.json"
+    """``calibrate``, kept in the weights cache under ``calibration_key`` (seconds to redo; the same
+    photos and network give the same numbers)."""
+    path = weights.cache_dir() / "calibration" / f"{metric}-{calibration_key(metric)}.json"
     if path.is_file():
         data = json.loads(path.read_text())
         return Calibration(**{**data, "skipped": tuple(data["skipped"]),

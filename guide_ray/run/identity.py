@@ -28,6 +28,7 @@ from ..images import save_png, to_uint8
 from ..models.checkpoint import metadata_json, save_trainable
 from ..results import Metrics, RunResult
 from .files import atomic_write, write_json
+from .folder import CHECKPOINT
 from .networks import Networks
 
 
@@ -132,9 +133,9 @@ def invert_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
             fit = invert_photo(g_fit, path, nets.perceptual, cfg.inversion, encoder=nets.encoder_for(g_fit),
                                progress=bar_callback(bar), id_net=nets.id_loss)
         if g_fit is not generator:  # the photo as the full generator's evaluation sees it
-            from ..models.face_align import photo_to_generator_crop
+            from ..models.face_align import generator_crop
 
-            fit.target = photo_to_generator_crop(path, generator.resolution, box=generator.ffhq_box).to(generator.device)
+            fit.target = generator_crop(path, generator)
         return fit
 
     if spec.seed is not None:
@@ -220,7 +221,7 @@ def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     times["evaluation_s"] = time.perf_counter() - t
 
     if checkpoint is None:
-        checkpoint = save_trainable(out / "checkpoint.safetensors",
+        checkpoint = save_trainable(out / CHECKPOINT,
                                     {n: p for n, p in generator.named_parameters() if n in set(ltu.trainable)},
                                     generator.name, metadata_json({"identity": spec.id, "config_hash": cfg_hash}))
     torch.save({"w_u": w_u.cpu(), "w_t": ltu.w_t.cpu(), "w_others": None if w_others is None else w_others.cpu()},
@@ -234,7 +235,9 @@ def record_identity(generator, spec: IdentitySpec, cfg: GuideConfig, nets: Netwo
     scale = ltu.distance_scale
     result = RunResult(
         identity=spec.id, generator=generator.name, status=ltu.status, message=ltu.message,
-        verdict=verdict.verdict, verdict_detail={k: v for k, v in verdict.to_dict().items() if k != "verdict"},
+        verdict=verdict.verdict,
+        verdict_detail={**{k: v for k, v in verdict.to_dict().items() if k != "verdict"},
+                        "calibration": nets.levels_used()},  # the levels' rates beside the thresholds used
         source={"image": str(spec.image) if spec.image else None, "seed": spec.seed,
                 "others": [str(p) for p in spec.others]},
         config=to_dict(cfg), config_hash=cfg_hash, loop=loop,

@@ -22,12 +22,11 @@ from ..core.evaluate import generated_identity
 from ..core.joint import JointUnlearning
 from ..models.checkpoint import metadata_json, save_trainable
 from ..results import RunResult
-from .calibration import cached_calibration
 from .files import atomic_write, write_json
+from .folder import CHECKPOINT, JOINT
 from .identity import IdentitySpec, SourceLatents, invert_identity, record_identity, training_view
 from .networks import Networks
 
-JOINT = "_joint"  # ids start with a letter or digit: no identity folder is named so
 
 
 def sources_of(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Networks, runs: Path, rank: int,
@@ -74,9 +73,9 @@ def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Netw
     sources = sources_of(generator, specs, cfg, nets, runs, rank, world, barrier)
     g_train = training_view(generator, cfg)
     # targets are one person at the metric's calibrated same-person level: the different-person level
-    # (0.232) sits below what two DCGAN faces already share (0.257), and re-aiming every target there
+    # (0.203; 0.232 when this was seen) sits below what two DCGAN faces already share (0.257), and re-aiming every target there
     # sent some of them back towards their own person (ID to it up to 0.31)
-    same_person = cached_calibration(nets.id_metric, cfg.id_metric_net).same_person_level
+    same_person = nets.calibration.same_person_level
     distinct = (lambda img: nets.id_metric.embed_generated(img, generator.ffhq_box), same_person)
     run = JointUnlearning(g_train, [s.w_u for s in sources], cfg, nets.id_loss, nets.perceptual,
                           identities_per_step=identities_per_step, rank=rank, world=world, face_check=nets.faces,
@@ -85,7 +84,7 @@ def run_joint(generator, specs: list[IdentitySpec], cfg: GuideConfig, nets: Netw
     joint = run.finish()
     result = joint.identities[0]  # what every identity shares: status, steps, history, G_s
     g_s = result.g_s.full
-    checkpoint = joint_dir / "checkpoint.safetensors"
+    checkpoint = joint_dir / CHECKPOINT
     if rank == 0:
         save_trainable(checkpoint, {n: p for n, p in generator.named_parameters() if n in set(result.trainable)},
                        generator.name, metadata_json({"identities": ";".join(s.id for s in specs),

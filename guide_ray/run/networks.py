@@ -9,11 +9,9 @@ import torch
 from .. import weights
 from ..config import GuideConfig
 from ..core.verdict import Thresholds
-from ..images import load_image
 from ..models import load_encoder, load_identity_net, load_perceptual
-from ..models.face_align import default_aligner
 from ..models.face_check import FaceCheck
-from ..models.identity import cosine
+from .calibration import Calibration, cached_calibration
 from .files import atomic_write
 
 
@@ -33,6 +31,8 @@ class Networks:
         # the inversion's encoder (cfg.inversion.encoder: GOAE, pSp or e4e), bound to a generator by encoder_for
         self.encoder = load_encoder(cfg.inversion.encoder, self.device) if cfg.inversion.encoder else None
         self.faces = FaceCheck(cfg.evaluation.face_detector, cfg.evaluation.face_threshold, self.device)
+        self._id_metric_name = cfg.id_metric_net
+        self._calibration: Calibration | None = None
         self._id_threshold = cfg.evaluation.id_threshold
         self._face_kept_min = cfg.evaluation.face_kept_min
         self._inception = None
@@ -43,12 +43,23 @@ class Networks:
         return None if self.encoder is None else self.encoder.for_generator(generator)
 
     @property
+    def calibration(self) -> Calibration:
+        """The ID metric's levels (run.calibration, cached per machine): the verdict's and the audit's."""
+        if self._calibration is None:
+            self._calibration = cached_calibration(self.id_metric, self._id_metric_name)
+        return self._calibration
+
+    @property
     def thresholds(self) -> Thresholds:
-        """The verdict's thresholds; the ID level is the metric's different-person level unless the
-        config sets evaluation.id_threshold (measured once, on openpeople's portraits: seconds)."""
-        if self._id_threshold is None:
-            self._id_threshold = different_person_level(self.id_metric)
-        return Thresholds(self._id_threshold, self.faces.threshold, self._face_kept_min, self.faces.name)
+        """The verdict's thresholds; the ID level is the calibration's different-person level unless
+        the config sets evaluation.id_threshold."""
+        level = self._id_threshold if self._id_threshold is not None else self.calibration.different_person_level
+        return Thresholds(level, self.faces.threshold, self._face_kept_min, self.faces.name)
+
+    def levels_used(self) -> dict | None:
+        """The calibration the verdict's ID level came from, with its false-accept and true-accept
+        rates (for result.json beside the thresholds); None when the config set the level."""
+        return None if self._id_threshold is not None else self.calibration.levels()
 
     def pretrained_stats(self, generator, fingerprint: str, samples: int, seed: int, batch: int):
         """Inception statistics of a pre-trained generator's samples (core.evaluate.generator_stats),
@@ -74,18 +85,3 @@ class Networks:
 
             self._inception = InceptionFeatures(device=self.device)
         return self._inception
-
-
-def different_person_level(metric_net) -> float:
-    """The metric's mean similarity between different people: openpeople's studio portraits,
-    every pair of identities. An erased identity's ID should fall below it."""
-    root, aligner = weights.directory("openpeople"), default_aligner()
-    embeddings = []
-    with torch.no_grad():
-        for person in sorted(p.name for p in root.iterdir() if p.is_dir()):
-            path = root / person / "assets" / "studio_portrait.jpg"
-            image = load_image(path)
-            embeddings.append(metric_net.embed_photo(image, aligner.face(image, str(path))))
-    e = torch.cat(embeddings)
-    sim = cosine(e[:, None], e[None]).numpy()
-    return float(sim[np.triu_indices(len(e), 1)].mean())

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..config import config_hash, to_dict
+from ..run.folder import CHECKPOINT
 from .spec import OBJECTIVES, Param, Sweep, SweepError
 
 
@@ -147,7 +148,7 @@ def export_generators(sweep: Sweep, row: dict, folder: Path) -> list[Path]:
         if not set(tensors) <= names:
             raise SweepError(f"trial {row['trial']}: {sorted(set(tensors) - names)[0]} is not a parameter of "
                              f"{generator.name}")
-        paths.append(save_trainable(folder / identity / "checkpoint.safetensors", tensors, generator.name,
+        paths.append(save_trainable(folder / identity / CHECKPOINT, tensors, generator.name,
                                     metadata_json({"identity": identity, "config_hash": cfg_hash, "sweep": sweep.name,
                                                    "trial": row["trial"], "step": entry["state"]["step"],
                                                    "status": entry["status"]})))
